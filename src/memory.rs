@@ -1,0 +1,10 @@
+//! Process memory as the kernel reports it.
+
+/// Peak resident set size of this process in MiB (`VmHWM` of /proc/self/status), or `None`
+/// where /proc is not available.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

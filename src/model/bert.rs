@@ -1,0 +1,332 @@
+//! The BERT family encoder (BERT, MiniLM, RoBERTa) with its sequence-classification head, as a
+//! plain struct built from a `VarBuilder` over a name → tensor map.
+//!
+//! Two forward modes compute the same function:
+//! - [`Mode::Inference`] uses candle's fused CPU kernels (layer norm, last-dim softmax), which
+//!   record no backward pass;
+//! - [`Mode::Training`] builds layer norm and softmax from elementary ops so that `backward()`
+//!   reaches every weight (candle's fused ops silently drop the gradient).
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::config::{Activation, EncoderConfig, Family};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Inference,
+    Training,
+}
+
+/// y = x Wᵀ + b over the last dimension, for inputs of any rank.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Linear {
+    fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((out_dim, in_dim), "weight")?,
+            bias: vb.get(out_dim, "bias")?,
+        })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        // One 2-D GEMM against the transposed weight view: no copy of W, one kernel call.
+        let y = x
+            .reshape((rows, in_dim))?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Inference => {
+                candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+            }
+            Mode::Training => {
+                // (x - mean) / sqrt(var + eps) * w + b, from differentiable ops; eps in f64 so
+                // that f64 gradient checks are not limited by an f32 constant.
+                let hidden = x.dim(D::Minus1)? as f64;
+                let centred = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / hidden)?)?;
+                let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / hidden)?;
+                let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+                normed
+                    .broadcast_mul(&self.weight)?
+                    .broadcast_add(&self.bias)
+            }
+        }
+    }
+}
+
+fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Inference => candle_nn::ops::softmax_last_dim(x),
+        Mode::Training => candle_nn::ops::softmax(x, D::Minus1),
+    }
+}
+
+fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::GeluErf => x.gelu_erf(),
+        Activation::GeluTanh => x.gelu(),
+        Activation::Relu => x.relu(),
+        Activation::Silu => x.silu(),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    layer_norm: LayerNorm,
+    family: Family,
+    pad_id: u32,
+}
+
+impl Embeddings {
+    fn new(vb: VarBuilder, c: &EncoderConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        Ok(Self {
+            word: vb.get((c.vocab_size, h), "word_embeddings.weight")?,
+            position: vb.get((c.max_position_embeddings, h), "position_embeddings.weight")?,
+            token_type: vb.get((c.type_vocab_size, h), "token_type_embeddings.weight")?,
+            layer_norm: LayerNorm::new(vb.pp("LayerNorm"), h, c.layer_norm_eps)?,
+            family: c.family().map_err(candle_core::Error::wrap)?,
+            pad_id: c.pad_id(),
+        })
+    }
+
+    /// Position ids: 0..T for BERT; for RoBERTa, pad + 1 + running count of non-pad tokens,
+    /// and pad at padding positions (transformers' `create_position_ids_from_input_ids`).
+    fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let ids: Vec<u32> = match self.family {
+            Family::Bert => (0..batch).flat_map(|_| 0..seq as u32).collect(),
+            Family::Roberta => {
+                let rows = input_ids.to_vec2::<u32>()?;
+                rows.iter()
+                    .flat_map(|row| {
+                        let mut count = 0u32;
+                        row.iter()
+                            .map(|&id| {
+                                if id == self.pad_id {
+                                    self.pad_id
+                                } else {
+                                    count += 1;
+                                    self.pad_id + count
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            }
+        };
+        Tensor::from_vec(ids, (batch, seq), input_ids.device())
+    }
+
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let h = self.word.dim(1)?;
+        let lookup = |table: &Tensor, ids: &Tensor| -> Result<Tensor> {
+            table
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((batch, seq, h))
+        };
+        let positions = self.position_ids(input_ids)?;
+        let x = (lookup(&self.word, input_ids)? + lookup(&self.token_type, token_type_ids)?)?;
+        let x = (x + lookup(&self.position, &positions)?)?;
+        self.layer_norm.forward(&x, mode)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_output: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    num_heads: usize,
+    head_dim: usize,
+    activation: Activation,
+}
+
+impl Layer {
+    fn new(vb: VarBuilder, c: &EncoderConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        let attn = vb.pp("attention");
+        Ok(Self {
+            query: Linear::new(attn.pp("self.query"), h, h)?,
+            key: Linear::new(attn.pp("self.key"), h, h)?,
+            value: Linear::new(attn.pp("self.value"), h, h)?,
+            attention_output: Linear::new(attn.pp("output.dense"), h, h)?,
+            attention_norm: LayerNorm::new(attn.pp("output.LayerNorm"), h, c.layer_norm_eps)?,
+            intermediate: Linear::new(vb.pp("intermediate.dense"), h, c.intermediate_size)?,
+            output: Linear::new(vb.pp("output.dense"), c.intermediate_size, h)?,
+            output_norm: LayerNorm::new(vb.pp("output.LayerNorm"), h, c.layer_norm_eps)?,
+            num_heads: c.num_attention_heads,
+            head_dim: c.head_dim(),
+            activation: c.activation().map_err(candle_core::Error::wrap)?,
+        })
+    }
+
+    /// `mask_bias`: (B, 1, 1, T), 0 at tokens and a large negative number at padding.
+    fn forward(&self, x: &Tensor, mask_bias: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (batch, seq, hidden) = x.dims3()?;
+        let heads = |t: Tensor| -> Result<Tensor> {
+            t.reshape((batch, seq, self.num_heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(self.query.forward(x)?)?;
+        let k = heads(self.key.forward(x)?)?;
+        let v = heads(self.value.forward(x)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
+        let probs = softmax_last_dim(&scores, mode)?;
+        let context = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, seq, hidden))?;
+        let attended = self
+            .attention_norm
+            .forward(&(self.attention_output.forward(&context)? + x)?, mode)?;
+        let inner = activate(&self.intermediate.forward(&attended)?, self.activation)?;
+        self.output_norm
+            .forward(&(self.output.forward(&inner)? + attended)?, mode)
+    }
+}
+
+/// The task head on top of the encoder.
+#[derive(Debug, Clone)]
+enum Head {
+    /// BERT: tanh(pooler(h_[CLS])) → classifier.
+    Bert { pooler: Linear, classifier: Linear },
+    /// RoBERTa: out_proj(tanh(dense(h_<s>))).
+    Roberta { dense: Linear, out_proj: Linear },
+}
+
+impl Head {
+    fn new(vb: VarBuilder, family: Family, hidden: usize, num_labels: usize) -> Result<Self> {
+        Ok(match family {
+            Family::Bert => Head::Bert {
+                pooler: Linear::new(vb.pp("pooler.dense"), hidden, hidden)?,
+                classifier: Linear::new(vb.pp("classifier"), hidden, num_labels)?,
+            },
+            Family::Roberta => Head::Roberta {
+                dense: Linear::new(vb.pp("classifier.dense"), hidden, hidden)?,
+                out_proj: Linear::new(vb.pp("classifier.out_proj"), hidden, num_labels)?,
+            },
+        })
+    }
+
+    fn forward(&self, first_token: &Tensor) -> Result<Tensor> {
+        match self {
+            Head::Bert { pooler, classifier } => {
+                classifier.forward(&pooler.forward(first_token)?.tanh()?)
+            }
+            Head::Roberta { dense, out_proj } => {
+                out_proj.forward(&dense.forward(first_token)?.tanh()?)
+            }
+        }
+    }
+}
+
+/// Encoder + head: transformers' `BertForSequenceClassification` / `RobertaForSequenceClassification`
+/// (without dropout: sift-lab's evaluations and gradients are deterministic).
+#[derive(Debug, Clone)]
+pub struct SequenceClassifier {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    head: Head,
+    pub num_labels: usize,
+}
+
+impl SequenceClassifier {
+    pub fn new(vb: VarBuilder, config: &EncoderConfig, num_labels: usize) -> Result<Self> {
+        let family = config.family().map_err(candle_core::Error::wrap)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::new(vb.pp(format!("encoder.layer.{i}")), config))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            embeddings: Embeddings::new(vb.pp("embeddings"), config)?,
+            layers,
+            head: Head::new(vb.clone(), family, config.hidden_size, num_labels)?,
+            num_labels,
+        })
+    }
+
+    /// Logits (B, num_labels) for a padded batch; `attention_mask` is (B, T) with 1 at tokens.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let hidden = self.embeddings.forward(input_ids, token_type_ids, mode)?;
+        let dtype = hidden.dtype();
+        let (batch, seq) = attention_mask.dims2()?;
+        // 0 where a token may be attended to, -1e30 at padding (exp underflows to exactly 0,
+        // as with transformers' finfo.min).
+        let mask_bias =
+            (attention_mask.to_dtype(dtype)?.affine(1e30, -1e30)?).reshape((batch, 1, 1, seq))?;
+        let mut hidden = hidden;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, &mask_bias, mode)?;
+        }
+        let first_token = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        self.head.forward(&first_token)
+    }
+}
+
+/// Per-example loss: cross-entropy for classification (u32 labels), squared error for
+/// regression (f32 labels, one output), as transformers' sequence-classification models.
+pub fn per_example_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    if labels.dtype() == DType::U32 {
+        let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+        log_probs
+            .gather(&labels.unsqueeze(1)?, 1)?
+            .squeeze(1)?
+            .neg()
+    } else {
+        (logits.squeeze(1)? - labels.to_dtype(logits.dtype())?)?.sqr()
+    }
+}
+
+/// Mean loss over the batch: what training differentiates.
+pub fn mean_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    per_example_loss(logits, labels)?.mean_all()
+}

@@ -1,0 +1,145 @@
+//! Models: configuration, the weight map, θ0, and the BERT-family classifier.
+
+pub mod bert;
+pub mod config;
+pub mod init;
+pub mod weights;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+pub use bert::{mean_loss, per_example_loss, Mode, SequenceClassifier};
+pub use config::{EncoderConfig, Family};
+pub use weights::WeightMap;
+
+use crate::hub::{self, ModelFiles};
+
+/// A pretrained model ready for a task: θ1 as a weight map, plus what is needed to rebuild it.
+pub struct Pretrained {
+    pub files: ModelFiles,
+    pub config: EncoderConfig,
+    pub num_labels: usize,
+    /// θ1: the checkpoint's tensors, plus the seeded task head where the checkpoint has none.
+    pub weights: WeightMap,
+    /// Tensors drawn from the seed rather than read from the checkpoint (the task head, and
+    /// for BERT the pooler when missing). θ0 shares them with θ1.
+    pub seeded_head: BTreeSet<String>,
+    pub tokenizer: tokenizers::Tokenizer,
+}
+
+/// Loads `model` (Hub id or directory) for a task with `num_labels` outputs. With `checkpoint`,
+/// the weights (and config) come from that fine-tuned directory instead, and its head must fit
+/// the task; the tokenizer comes from the checkpoint when it has one, else from `model`.
+pub fn load_pretrained(
+    model: &str,
+    checkpoint: Option<&Path>,
+    num_labels: usize,
+    head_seed: u64,
+    device: &Device,
+) -> Result<Pretrained> {
+    let base = hub::resolve(model)?;
+    let files = match checkpoint {
+        Some(dir) => hub::resolve(&dir.to_string_lossy())
+            .with_context(|| format!("--checkpoint {}", dir.display()))?,
+        None => base.clone(),
+    };
+    let config = EncoderConfig::load(&files.config)?;
+    let mut weights = weights::load_safetensors(&files.weights, device)?;
+    let mut seeded_head = BTreeSet::new();
+    for (name, shape) in weights::head_shapes(config.family()?, config.hidden_size, num_labels) {
+        if !weights.contains_key(&name) {
+            let tensor = init::draw(
+                &name,
+                &shape,
+                init::init_for(&name, &config),
+                head_seed,
+                device,
+            )?;
+            weights.insert(name.clone(), tensor);
+            seeded_head.insert(name);
+        }
+    }
+    let source = files.weights[0].display().to_string();
+    weights::check_complete(&weights, &config, num_labels, &source)?;
+    let tokenizer_path = files
+        .tokenizer
+        .clone()
+        .or_else(|| base.tokenizer.clone())
+        .with_context(|| {
+            format!(
+                "{}: no tokenizer.json (sift-lab needs the fast-tokenizer file)",
+                base.dir().display()
+            )
+        })?;
+    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer_path.display()))?;
+    Ok(Pretrained {
+        files,
+        config,
+        num_labels,
+        weights,
+        seeded_head,
+        tokenizer,
+    })
+}
+
+impl Pretrained {
+    /// θ0: the architecture's seeded initialisation, sharing θ1's seeded head tensors.
+    pub fn theta0(&self, seed: u64) -> Result<WeightMap> {
+        let device = self.device();
+        let mut theta0 = WeightMap::new();
+        for (name, shape) in weights::expected_shapes(&self.config, self.num_labels)? {
+            let tensor = if self.seeded_head.contains(&name) {
+                self.weights[&name].clone()
+            } else {
+                init::draw(
+                    &name,
+                    &shape,
+                    init::init_for(&name, &self.config),
+                    seed,
+                    &device,
+                )?
+            };
+            theta0.insert(name, tensor);
+        }
+        Ok(theta0)
+    }
+
+    pub fn device(&self) -> Device {
+        self.weights
+            .values()
+            .next()
+            .map(|t| t.device().clone())
+            .unwrap_or(Device::Cpu)
+    }
+
+    /// Builds the classifier over `weights` (θ1, θ0 or any effective weights).
+    pub fn build(&self, weights: &WeightMap) -> Result<SequenceClassifier> {
+        build_classifier(&self.config, self.num_labels, weights)
+    }
+}
+
+/// Builds a classifier over a weight map. The tensors are used as they are (no copy), so a
+/// map of `Var`s or of tensors derived from them keeps the autograd graph.
+pub fn build_classifier(
+    config: &EncoderConfig,
+    num_labels: usize,
+    weights: &WeightMap,
+) -> Result<SequenceClassifier> {
+    let dtype = weights
+        .values()
+        .next()
+        .map(|t| t.dtype())
+        .unwrap_or(DType::F32);
+    let device = weights
+        .values()
+        .next()
+        .map(|t| t.device().clone())
+        .unwrap_or(Device::Cpu);
+    let vb = VarBuilder::from_tensors(weights.clone(), dtype, &device);
+    Ok(SequenceClassifier::new(vb, config, num_labels)?)
+}

@@ -1,0 +1,38 @@
+//! Progress bars with rate and ETA, in one style for every long command; and a Ctrl-C flag that
+//! long loops poll so they can stop after writing what is complete.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A bar over `total` units of `unit` (e.g. "batches", "points").
+pub fn bar(total: u64, unit: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let template = format!("{{msg}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}})");
+    bar.set_style(
+        ProgressStyle::with_template(&template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Installs the Ctrl-C handler (once) and returns whether Ctrl-C has been pressed since.
+/// A second Ctrl-C exits at once.
+pub fn interrupted() -> bool {
+    let flag = INTERRUPTED.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let handler_flag = flag.clone();
+        let _ = ctrlc::set_handler(move || {
+            if handler_flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing the current unit of work and saving results (Ctrl-C again to abort)");
+        });
+        flag
+    });
+    flag.load(Ordering::SeqCst)
+}

@@ -1,0 +1,59 @@
+//! Fixtures shared by the integration tests: the real default model and the real GLUE data.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use sift_lab::data::{Dataset, Split, Task};
+use sift_lab::hub::{self, DEFAULT_MODEL};
+use sift_lab::model::{self, Pretrained};
+
+/// The GLUE copy in the shared folder beside the repository.
+pub fn glue_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue");
+    assert!(
+        dir.join("RTE/dev.tsv").is_file(),
+        "GLUE data not found at {}",
+        dir.display()
+    );
+    dir
+}
+
+/// The default model, resolved through the hub cache as the CLI does.
+pub fn default_model() -> String {
+    if let Err(e) = hub::resolve(DEFAULT_MODEL) {
+        panic!("{e:#}\n(the tests need the default model: run scripts/setup-model.sh)");
+    }
+    DEFAULT_MODEL.to_string()
+}
+
+pub fn pretrained(num_labels: usize) -> Pretrained {
+    model::load_pretrained(&default_model(), None, num_labels, 0, &Device::Cpu)
+        .expect("load default model")
+}
+
+pub fn dataset(
+    pretrained: &Pretrained,
+    task: Task,
+    split: Split,
+    max_len: usize,
+    limit: usize,
+) -> Dataset {
+    Dataset::load(
+        &glue_dir(),
+        task,
+        split,
+        &pretrained.tokenizer,
+        max_len,
+        Some(limit),
+    )
+    .expect("load GLUE")
+}
+
+/// A fresh empty directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("sift-lab-{tag}-"))
+        .tempdir()
+        .expect("temp dir")
+}
