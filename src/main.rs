@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use sift_lab::data::{Split, Task};
-use sift_lab::{bench, eval, hub, table};
+use sift_lab::{analysis_config, bench, eval, hub, table};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +28,11 @@ enum Command {
     Eval(EvalArgs),
     /// Seconds per forward batch and per training step on fixed shapes (compare with scripts/bench_torch.py).
     Bench(BenchArgs),
+    /// Run the command an analysis config names (analyses/*.toml: one per paper figure or table).
+    Run {
+        /// The config file, e.g. analyses/fig2_landscape_1d_rte.toml.
+        config: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -112,7 +117,21 @@ fn parse_task(name: &str) -> Result<Task> {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::Run { config } = &cli.command {
+        let config = config.clone();
+        // The config stands for a command line: parse it exactly as if it had been typed.
+        let mut line = vec!["sift-lab".to_string()];
+        if let Some(threads) = cli.threads {
+            line.extend(["--threads".to_string(), threads.to_string()]);
+        }
+        line.extend(analysis_config::command_line(&config)?);
+        eprintln!("{}: {}", config.display(), line[1..].join(" "));
+        cli = Cli::try_parse_from(&line).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+        if matches!(cli.command, Command::Run { .. }) {
+            bail!("{}: a config cannot run another config", config.display());
+        }
+    }
     if let Some(threads) = cli.threads {
         // candle's kernels and rayon both read this; set before either starts a thread.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
@@ -157,6 +176,7 @@ fn main() -> Result<()> {
                 println!("{report:#?}");
             }
         }
+        Command::Run { .. } => unreachable!("replaced by the config's command above"),
     }
     Ok(())
 }
