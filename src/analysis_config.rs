@@ -17,15 +17,25 @@ use anyhow::{bail, Context, Result};
 
 /// The command line (without the program name) that a config file stands for.
 pub fn command_line(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not valid TOML", path.display()))?;
     let command = doc
         .get("command")
         .and_then(|c| c.as_str())
-        .with_context(|| format!("{}: no `command = \"...\"` line naming the subcommand", path.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: no `command = \"...\"` line naming the subcommand",
+                path.display()
+            )
+        })?;
     let mut line = vec![command.to_string()];
     if let Some(args) = doc.get("args") {
-        let args = args.as_table().with_context(|| format!("{}: [args] must be a table", path.display()))?;
+        let args = args
+            .as_table()
+            .with_context(|| format!("{}: [args] must be a table", path.display()))?;
         for (key, value) in args {
             let flag = format!("--{}", key.replace('_', "-"));
             match value {
@@ -41,18 +51,27 @@ pub fn command_line(path: &Path) -> Result<Vec<String>> {
                         .map(|v| match v {
                             toml::Value::String(s) => Ok(s.clone()),
                             toml::Value::Integer(_) | toml::Value::Float(_) => Ok(v.to_string()),
-                            _ => bail!("{}: [args] {key}: list items must be strings or numbers", path.display()),
+                            _ => bail!(
+                                "{}: [args] {key}: list items must be strings or numbers",
+                                path.display()
+                            ),
                         })
                         .collect::<Result<_>>()?;
                     line.extend([flag, parts.join(",")]);
                 }
-                _ => bail!("{}: [args] {key}: use a string, number, boolean or list", path.display()),
+                _ => bail!(
+                    "{}: [args] {key}: use a string, number, boolean or list",
+                    path.display()
+                ),
             }
         }
     }
     for key in doc.keys() {
         if key != "command" && key != "args" {
-            bail!("{}: unknown key `{key}` (a config has `command` and an [args] table)", path.display());
+            bail!(
+                "{}: unknown key `{key}` (a config has `command` and an [args] table)",
+                path.display()
+            );
         }
     }
     Ok(line)
@@ -69,7 +88,23 @@ mod tests {
         std::fs::write(&path, "command = \"landscape\"\n[args]\ntask = \"rte\"\ndims = 2\nalpha_range = \"-0.5:1.5:41\"\nyes = true\nresume = false\nrate = 0.01\nmodules = [\"q\", \"v\"]\n").unwrap();
         let line = command_line(&path).unwrap();
         // toml tables iterate in key order.
-        assert_eq!(line, ["landscape", "--alpha-range", "-0.5:1.5:41", "--dims", "2", "--modules", "q,v", "--rate", "0.01", "--task", "rte", "--yes"]);
+        assert_eq!(
+            line,
+            [
+                "landscape",
+                "--alpha-range",
+                "-0.5:1.5:41",
+                "--dims",
+                "2",
+                "--modules",
+                "q,v",
+                "--rate",
+                "0.01",
+                "--task",
+                "rte",
+                "--yes"
+            ]
+        );
     }
 
     #[test]

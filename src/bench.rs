@@ -1,22 +1,45 @@
 //! `sift-lab bench`: seconds per forward batch and per training step of the encoder on fixed
-//! shapes, for side-by-side comparison with PyTorch (scripts/bench_torch.py measures the same).
+//! shapes, for side-by-side comparison with PyTorch (scripts/bench_torch.py measures the same;
+//! scripts/bench_compare.py runs both and prints the ratios).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor, Var};
-use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::model::{self, Mode, WeightMap};
+use crate::data::{BatchOrder, Dataset, Split, Task};
+use crate::methods::{self, FineTuning, MethodKind};
+use crate::model::{self, Mode, Pretrained};
+use crate::optim::{AdamW, AdamWConfig};
+
+/// What one benchmark process measures (one arm per process, so peak RSS is per arm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arm {
+    /// Inference forward pass.
+    Forward,
+    /// Full fine-tuning step.
+    Full,
+    /// SIFT step: 1 % of each attention q, k, v, o weight + the head.
+    Sift,
+    /// LoRA step: rank `lora_rank` on q, k, v, o + the head.
+    Lora,
+}
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     pub model: String,
+    /// `None`: the default set (forward, forward+backward, full step) on random tokens.
+    pub arm: Option<Arm>,
+    /// Real inputs: the first `batch_size` training examples, padded to `seq_len`.
+    pub task: Option<(Task, PathBuf)>,
     pub batch_size: usize,
     pub seq_len: usize,
+    pub lora_rank: usize,
     pub warmup: usize,
     pub iters: usize,
 }
@@ -24,15 +47,19 @@ pub struct BenchConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub framework: &'static str,
+    pub arm: Option<Arm>,
+    pub task: Option<String>,
     pub threads: usize,
     pub batch_size: usize,
     pub seq_len: usize,
     /// Median seconds of one inference forward pass.
-    pub forward_s: f64,
+    pub forward_s: Option<f64>,
     /// Median seconds of forward + loss + backward over every parameter.
-    pub forward_backward_s: f64,
-    /// Median seconds of forward + backward + AdamW update of every parameter.
-    pub train_step_s: f64,
+    pub forward_backward_s: Option<f64>,
+    /// Median seconds of one training step of the arm (forward, backward, AdamW update).
+    pub train_step_s: Option<f64>,
+    pub trainable_params: Option<usize>,
+    pub optimizer_state_bytes: Option<usize>,
     pub peak_rss_mib: Option<f64>,
 }
 
@@ -54,11 +81,45 @@ fn time<F: FnMut() -> Result<()>>(warmup: usize, iters: usize, mut f: F) -> Resu
     Ok(median(seconds))
 }
 
-pub fn run(config: &BenchConfig) -> Result<BenchReport> {
-    let device = Device::Cpu;
-    let pretrained = model::load_pretrained(&config.model, None, 2, 0, &device)?;
-    let (b, t) = (config.batch_size, config.seq_len);
+/// A fixed batch: (input ids, token types, mask, labels), all (B, T) but labels (B,).
+struct Inputs {
+    ids: Tensor,
+    types: Tensor,
+    mask: Tensor,
+    labels: Tensor,
+}
 
+fn inputs(config: &BenchConfig, pretrained: &Pretrained, device: &Device) -> Result<Inputs> {
+    let (b, t) = (config.batch_size, config.seq_len);
+    if let Some((task, data_dir)) = &config.task {
+        let data = Dataset::load(
+            data_dir,
+            *task,
+            Split::Train,
+            &pretrained.tokenizer,
+            t,
+            Some(b),
+        )?;
+        let batch = data
+            .batches(b, BatchOrder::Sequential, device)
+            .next()
+            .expect("at least one example")?;
+        // Pad to exactly T, as the PyTorch side does (padding="max_length").
+        let pad = |x: &Tensor, value: u32| -> Result<Tensor> {
+            let missing = t - x.dim(1)?;
+            if missing == 0 {
+                return Ok(x.clone());
+            }
+            let fill = (Tensor::ones((x.dim(0)?, missing), DType::U32, device)? * value as f64)?;
+            Ok(Tensor::cat(&[x, &fill], 1)?)
+        };
+        return Ok(Inputs {
+            ids: pad(&batch.input_ids, data.pad_id)?,
+            types: pad(&batch.token_type_ids, 0)?,
+            mask: pad(&batch.attention_mask, 0)?,
+            labels: batch.labels,
+        });
+    }
     // Full-length rows of random word pieces between [CLS] and [SEP]: no padding.
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let ids: Vec<u32> = (0..b * t)
@@ -68,54 +129,106 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
             _ => rng.random_range(1000..30000),
         })
         .collect();
-    let input_ids = Tensor::from_vec(ids, (b, t), &device)?;
-    let token_types = Tensor::zeros((b, t), candle_core::DType::U32, &device)?;
-    let mask = Tensor::ones((b, t), candle_core::DType::U32, &device)?;
-    let labels = Tensor::from_vec((0..b as u32).map(|i| i % 2).collect::<Vec<_>>(), b, &device)?;
-
-    let classifier = pretrained.build(&pretrained.weights)?;
-    let forward_s = time(config.warmup, config.iters, || {
-        classifier.forward(&input_ids, &token_types, &mask, Mode::Inference)?;
-        Ok(())
-    })?;
-
-    // Every tensor a Var: full fine-tuning.
-    let vars: Vec<(String, Var)> = pretrained
-        .weights
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), Var::from_tensor(t)?)))
-        .collect::<Result<_>>()?;
-    let weights: WeightMap = vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    let trainable = pretrained.build(&weights)?;
-    let forward_backward_s = time(config.warmup, config.iters, || {
-        let logits = trainable.forward(&input_ids, &token_types, &mask, Mode::Training)?;
-        model::mean_loss(&logits, &labels)?.backward()?;
-        Ok(())
-    })?;
-    let mut optimizer = AdamW::new(
-        vars.iter().map(|(_, v)| v.clone()).collect(),
-        ParamsAdamW {
-            lr: 1e-5,
-            ..Default::default()
-        },
-    )?;
-    let train_step_s = time(config.warmup, config.iters, || {
-        let logits = trainable.forward(&input_ids, &token_types, &mask, Mode::Training)?;
-        optimizer.backward_step(&model::mean_loss(&logits, &labels)?)?;
-        Ok(())
-    })?;
-
-    Ok(BenchReport {
-        framework: "sift-lab (candle)",
-        threads: candle_core::utils::get_num_threads(),
-        batch_size: b,
-        seq_len: t,
-        forward_s,
-        forward_backward_s,
-        train_step_s,
-        peak_rss_mib: crate::memory::peak_rss_mib(),
+    Ok(Inputs {
+        ids: Tensor::from_vec(ids, (b, t), device)?,
+        types: Tensor::zeros((b, t), DType::U32, device)?,
+        mask: Tensor::ones((b, t), DType::U32, device)?,
+        labels: Tensor::from_vec((0..b as u32).map(|i| i % 2).collect::<Vec<_>>(), b, device)?,
     })
+}
+
+/// Times training steps of `method`: rebuild effective weights, forward, backward, AdamW.
+fn time_training(
+    method: &FineTuning,
+    pretrained: &Pretrained,
+    x: &Inputs,
+    config: &BenchConfig,
+) -> Result<(f64, usize, usize)> {
+    let mut optimizer = AdamW::new(method.params()?, AdamWConfig::default())?;
+    let seconds = time(config.warmup, config.iters, || {
+        let classifier = pretrained.build(&method.effective_weights()?)?;
+        let logits = classifier.forward(&x.ids, &x.types, &x.mask, Mode::Training)?;
+        let gradients = optimizer.gradients(&model::mean_loss(&logits, &x.labels)?.backward()?)?;
+        optimizer.step(&gradients, 1e-5)?;
+        Ok(())
+    })?;
+    Ok((seconds, method.trainable_count()?, optimizer.state_bytes()))
+}
+
+pub fn run(config: &BenchConfig) -> Result<BenchReport> {
+    let device = Device::Cpu;
+    let num_labels = config.task.as_ref().map_or(2, |(t, _)| t.num_labels());
+    let pretrained = model::load_pretrained(&config.model, None, num_labels, 0, &device)?;
+    let x = inputs(config, &pretrained, &device)?;
+    let head = methods::head_names(&pretrained.config, num_labels)?;
+    let targets = methods::target_names("q,k,v,o", &pretrained.config)?;
+    let mut report = BenchReport {
+        framework: "sift-lab (candle)",
+        arm: config.arm,
+        task: config.task.as_ref().map(|(t, _)| t.name().to_string()),
+        threads: candle_core::utils::get_num_threads(),
+        batch_size: config.batch_size,
+        seq_len: config.seq_len,
+        forward_s: None,
+        forward_backward_s: None,
+        train_step_s: None,
+        trainable_params: None,
+        optimizer_state_bytes: None,
+        peak_rss_mib: None,
+    };
+    let forward = || -> Result<f64> {
+        let classifier = pretrained.build(&pretrained.weights)?;
+        time(config.warmup, config.iters, || {
+            classifier.forward(&x.ids, &x.types, &x.mask, Mode::Inference)?;
+            Ok(())
+        })
+    };
+    let full = || FineTuning::dense(MethodKind::Full, &pretrained.weights, &head);
+    let mut record = |(s, n, bytes): (f64, usize, usize)| {
+        report.train_step_s = Some(s);
+        report.trainable_params = Some(n);
+        report.optimizer_state_bytes = Some(bytes);
+    };
+    match config.arm {
+        Some(Arm::Forward) => report.forward_s = Some(forward()?),
+        Some(Arm::Full) => record(time_training(&full()?, &pretrained, &x, config)?),
+        Some(Arm::Sift) => {
+            // Selection is not part of a step; a seeded draw of the same budget stands in for it.
+            let shapes: Vec<(String, Vec<usize>)> = targets
+                .iter()
+                .map(|n| (n.clone(), pretrained.weights[n].dims().to_vec()))
+                .collect();
+            let selected = methods::select_random(&shapes, 0.01, 0);
+            record(time_training(
+                &FineTuning::sparse(MethodKind::Sift, &pretrained.weights, &head, &selected)?,
+                &pretrained,
+                &x,
+                config,
+            )?)
+        }
+        Some(Arm::Lora) => {
+            let method = FineTuning::lora(
+                &pretrained.weights,
+                &head,
+                &targets,
+                config.lora_rank,
+                2.0 * config.lora_rank as f64,
+                0,
+            )?;
+            record(time_training(&method, &pretrained, &x, config)?)
+        }
+        None => {
+            report.forward_s = Some(forward()?);
+            let method = full()?;
+            let classifier = pretrained.build(&method.effective_weights()?)?;
+            report.forward_backward_s = Some(time(config.warmup, config.iters, || {
+                let logits = classifier.forward(&x.ids, &x.types, &x.mask, Mode::Training)?;
+                model::mean_loss(&logits, &x.labels)?.backward()?;
+                Ok(())
+            })?);
+            record(time_training(&method, &pretrained, &x, config)?);
+        }
+    }
+    report.peak_rss_mib = crate::memory::peak_rss_mib();
+    Ok(report)
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use sift_lab::data::{Split, Task};
-use sift_lab::{analysis_config, bench, eval, hub, table};
+use sift_lab::{analysis_config, bench, eval, grad_stats, hub, landscape, table};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +28,14 @@ enum Command {
     Eval(EvalArgs),
     /// Seconds per forward batch and per training step on fixed shapes (compare with scripts/bench_torch.py).
     Bench(BenchArgs),
+    /// Gradient quasi-sparsity of θ1 vs θ0 (paper Fig. 3) and the first batch's top-x% mask against each batch's own (Fig. 4).
+    GradStats(GradStatsArgs),
+    /// Fine-tune on a GLUE task: SIFT sparse fine-tuning or a baseline (full, LoRA, random, head).
+    Train(TrainArgs),
+    /// Loss landscape between θ0 and θ1 (paper Fig. 2): loss and task metric over a 1-D or 2-D grid.
+    Landscape(LandscapeArgs),
+    /// Join the shard files of a landscape run (`landscape --shard I/N`) into one landscape.parquet.
+    Merge(MergeArgs),
     /// Run the command an analysis config names (analyses/*.toml: one per paper figure or table).
     Run {
         /// The config file, e.g. analyses/fig2_landscape_1d_rte.toml.
@@ -78,9 +86,81 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct TrainArgs {
+    #[arg(long, default_value = hub::DEFAULT_MODEL)]
+    model: String,
+    #[command(flatten)]
+    data: DataArgs,
+    /// How the pretrained weights are fine-tuned.
+    #[arg(long, value_enum, default_value = "sift")]
+    method: sift_lab::methods::MethodKind,
+    /// Targeted tensors (sift, random, lora), comma-separated: q, k, v, o, attention, ffn, all.
+    #[arg(long, default_value = "q,k,v,o")]
+    modules: String,
+    /// Fraction of each targeted tensor that is trainable (sift, random): k = max(1, floor(rate * numel)).
+    #[arg(long, default_value_t = 0.01)]
+    rate: f64,
+    /// Batches whose gradients (at the pretrained weights) are summed to select SIFT's entries.
+    #[arg(long, default_value_t = 1)]
+    selection_batches: usize,
+    /// Top-k per tensor, or globally across the targeted tensors with the same total budget.
+    #[arg(long, value_enum, default_value = "per-tensor")]
+    selection: sift_lab::methods::Selection,
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Peak learning rate (linear warmup, then linear decay to zero).
+    #[arg(long, default_value_t = 2e-5)]
+    lr: f64,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// AdamW decoupled weight decay (not on biases and LayerNorm).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.06)]
+    warmup_ratio: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Train on only the first N examples of the train split.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Evaluate on only the first N examples of the dev split.
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// Write a training-loss row to metrics.parquet every N steps.
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    /// Run directory: metrics.parquet, summary.json, delta.safetensors, state/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the merged fine-tuned model here as a transformers checkpoint.
+    #[arg(long)]
+    export_hf: Option<PathBuf>,
+    /// Continue an interrupted run in --out from its last completed epoch.
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     #[arg(long, default_value = hub::DEFAULT_MODEL)]
     model: String,
+    /// Measure one arm (one per process, so peak RSS is per arm); default: forward, forward+backward and a full step.
+    #[arg(long, value_enum)]
+    arm: Option<bench::Arm>,
+    /// Use the first --batch-size training examples of this GLUE task, padded to --seq-len (default: random tokens).
+    #[arg(long)]
+    task: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     #[arg(long, default_value_t = 128)]
@@ -91,6 +171,166 @@ struct BenchArgs {
     iters: usize,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct GradStatsArgs {
+    /// GLUE task (its train split): cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli.
+    #[arg(long, required_unless_present = "plot_only")]
+    task: Option<String>,
+    /// Folder holding the GLUE task folders (RTE/, MRPC/, ...). Default: ../shared/data/glue where it exists.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Maximum tokens per example (pairs are truncated longest-first).
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Hugging Face Hub id (resolved through the local cache) or a model directory.
+    #[arg(long, default_value = hub::DEFAULT_MODEL)]
+    model: String,
+    /// Tensors to analyse: comma-separated globs over the tensor names ('*' = any characters).
+    /// Default: every layer's attention query, key, value and output weights.
+    #[arg(long)]
+    tensors: Option<String>,
+    /// The tensor of the histograms (Fig. 3 a-c). Default: the middle layer's attention value weight.
+    #[arg(long)]
+    figure_tensor: Option<String>,
+    /// N: training batches for the mask-overlap curves (at least 2).
+    #[arg(long, default_value_t = grad_stats::DEFAULT_BATCHES)]
+    batches: usize,
+    #[arg(long, default_value_t = grad_stats::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+    /// Histogram bins (at least 2).
+    #[arg(long, default_value_t = grad_stats::DEFAULT_BINS)]
+    bins: usize,
+    /// The masks keep the top x % of |g| (in percent).
+    #[arg(long, default_value_t = grad_stats::DEFAULT_TOP_PERCENT)]
+    top_percent: f64,
+    /// frozen: fixed weights (batch-to-batch variation); during-training: gradients along a fine-tuning run (AdamW).
+    #[arg(long, default_value = "frozen", value_parser = ["frozen", "during-training"])]
+    overlap_mode: String,
+    /// Learning rate of the during-training run (constant, AdamW, no weight decay).
+    #[arg(long, default_value_t = grad_stats::DEFAULT_LR)]
+    lr: f64,
+    /// During-training only: globs of the tensors that train (default: all, i.e. full fine-tuning).
+    #[arg(long)]
+    trainable: Option<String>,
+    /// Seed of θ0, of the task head (shared by θ1 and θ0) and of the batch shuffle.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory: hist/topx/overlap/stats.parquet, summary.json and the figures.
+    #[arg(long)]
+    out: PathBuf,
+    /// Only redraw the figures from OUT's Parquet files.
+    #[arg(long)]
+    plot_only: bool,
+    /// Where the figures go (default: OUT).
+    #[arg(long)]
+    figures_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LandscapeArgs {
+    /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli.
+    #[arg(long, required_unless_present = "plot_only")]
+    task: Option<String>,
+    /// Folder holding the GLUE task folders (RTE/, MRPC/, ...). Default: ../shared/data/glue where it exists.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Maximum tokens per example (pairs are truncated longest-first).
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Hugging Face Hub id (resolved through the local cache) or a model directory: θ1.
+    #[arg(long, default_value = hub::DEFAULT_MODEL)]
+    model: String,
+    /// 1: loss along α (β = 0); 2: loss over the (α, β) plane.
+    #[arg(long, required_unless_present = "plot_only")]
+    dims: Option<usize>,
+    /// α grid START:STOP:COUNT, both ends included [default: -0.5:1.5:41; filter-normalized: -1:1:41].
+    #[arg(long, allow_hyphen_values = true)]
+    alpha: Option<String>,
+    /// β grid START:STOP:COUNT for --dims 2 [default: -1:1:21].
+    #[arg(long, allow_hyphen_values = true)]
+    beta: Option<String>,
+    /// paper: δ1 = θ1 − θ0, δ2 = d ⊙ δ1 around θ0; filter-normalized: Li et al. 2018 random directions around θ1;
+    /// checkpoints: δ1 = B − A around A (--from-checkpoint A --to-checkpoint B).
+    #[arg(long, default_value = "paper")]
+    directions: String,
+    /// Checkpoint A (α = 0) for --directions checkpoints.
+    #[arg(long)]
+    from_checkpoint: Option<PathBuf>,
+    /// Checkpoint B (α = 1) for --directions checkpoints.
+    #[arg(long)]
+    to_checkpoint: Option<PathBuf>,
+    /// Only these tensors move: comma-separated globs over tensor names ('*' any characters, '?' one),
+    /// e.g. 'encoder.layer.*.attention.*'. Default: every tensor but the task head.
+    #[arg(long)]
+    tensors: Option<String>,
+    /// filter-normalized: direction of 1-D tensors (biases, LayerNorm): zero (Li et al.'s default) or weight.
+    #[arg(long, default_value = "zero")]
+    filter_1d: String,
+    /// The evaluation set: the first N examples of --split.
+    #[arg(long, default_value_t = 512)]
+    eval_examples: usize,
+    /// train or dev.
+    #[arg(long, default_value = "train")]
+    split: String,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Seed of θ0, of the task head (the same in θ0 and θ1) and of the random directions.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory: landscape.parquet (or landscape.shard-I-of-N.parquet) and the figures.
+    #[arg(long)]
+    out: PathBuf,
+    /// Compute only shard I of N (1-based): the grid points whose index mod N is I − 1. Join with `sift-lab merge`.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Continue a run in --out: compute only the points missing from its Parquet file.
+    #[arg(long)]
+    resume: bool,
+    /// Run a grid larger than --max-points.
+    #[arg(long)]
+    yes: bool,
+    /// Grids with more points need --yes.
+    #[arg(long, default_value_t = landscape::DEFAULT_MAX_POINTS)]
+    max_points: usize,
+    /// Grid points evaluated at the same time (each forward already uses every kernel thread).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Only redraw the figures from OUT/landscape.parquet.
+    #[arg(long)]
+    plot_only: bool,
+    /// Where the figures go (default: OUT).
+    #[arg(long)]
+    figures_dir: Option<PathBuf>,
+    /// Do not draw figures.
+    #[arg(long)]
+    no_plot: bool,
+    /// Instead of the grid: time N grid points against plain forward passes of θ1 over the same
+    /// evaluation set (and N points with --jobs at once), print the report and exit.
+    #[arg(long)]
+    benchmark: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Shard files, or directories holding landscape.shard-*.parquet [default: --out].
+    inputs: Vec<PathBuf>,
+    /// Directory of the merged landscape.parquet (and figures).
+    #[arg(long)]
+    out: PathBuf,
+    /// Write the merged file even when points are missing (no figures then).
+    #[arg(long)]
+    allow_partial: bool,
+    /// Do not draw figures.
+    #[arg(long)]
+    no_plot: bool,
+    /// Where the figures go (default: OUT).
+    #[arg(long)]
+    figures_dir: Option<PathBuf>,
 }
 
 /// `--data-dir`, or the shared GLUE copy next to the repository.
@@ -116,7 +356,13 @@ fn parse_task(name: &str) -> Result<Task> {
     Task::parse(name).with_context(|| format!("--task {name}"))
 }
 
+/// mimalloc's `mi_option_purge_delay` (v3 enum value).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> Result<()> {
+    // Keep freed pages instead of returning them to the OS after 10 ms: a training step frees
+    // and reallocates gigabytes, and re-faulting (zeroing) those pages cost a quarter of it.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let mut cli = Cli::parse();
     if let Command::Run { config } = &cli.command {
         let config = config.clone();
@@ -127,7 +373,8 @@ fn main() -> Result<()> {
         }
         line.extend(analysis_config::command_line(&config)?);
         eprintln!("{}: {}", config.display(), line[1..].join(" "));
-        cli = Cli::try_parse_from(&line).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+        cli =
+            Cli::try_parse_from(&line).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
         if matches!(cli.command, Command::Run { .. }) {
             bail!("{}: a config cannot run another config", config.display());
         }
@@ -162,8 +409,15 @@ fn main() -> Result<()> {
             }
         }
         Command::Bench(args) => {
+            let task = match &args.task {
+                Some(name) => Some((parse_task(name)?, data_dir(&args.data_dir)?)),
+                None => None,
+            };
             let config = bench::BenchConfig {
                 model: args.model,
+                arm: args.arm,
+                task,
+                lora_rank: args.lora_rank,
                 batch_size: args.batch_size,
                 seq_len: args.seq_len,
                 warmup: args.warmup,
@@ -174,6 +428,160 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!("{report:#?}");
+            }
+        }
+        Command::Train(args) => {
+            let config = sift_lab::train::TrainConfig {
+                model: args.model,
+                task: parse_task(&args.data.task)?.name().to_string(),
+                data_dir: data_dir(&args.data.data_dir)?,
+                method: args.method,
+                modules: args.modules,
+                rate: args.rate,
+                selection_batches: args.selection_batches,
+                selection: args.selection,
+                lora_rank: args.lora_rank,
+                lora_alpha: args.lora_alpha,
+                epochs: args.epochs,
+                lr: args.lr,
+                batch_size: args.batch_size,
+                max_len: args.data.max_len,
+                weight_decay: args.weight_decay,
+                warmup_ratio: args.warmup_ratio,
+                max_grad_norm: args.max_grad_norm,
+                seed: args.seed,
+                train_limit: args.train_limit,
+                eval_limit: args.eval_limit,
+                log_every: args.log_every,
+            };
+            let summary =
+                sift_lab::train::run(&config, &args.out, args.export_hf.as_deref(), args.resume)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::GradStats(args) => {
+            if !args.plot_only {
+                let task = parse_task(args.task.as_deref().unwrap_or_default())?;
+                let mut config = grad_stats::GradStatsConfig::new(
+                    &args.model,
+                    task.name(),
+                    &data_dir(&args.data_dir)?,
+                    &args.out,
+                );
+                config.max_len = args.max_len;
+                config.tensors = args.tensors;
+                config.figure_tensor = args.figure_tensor;
+                config.batches = args.batches;
+                config.batch_size = args.batch_size;
+                config.bins = args.bins;
+                config.top_percent = args.top_percent;
+                config.overlap_mode = grad_stats::OverlapMode::parse(&args.overlap_mode)?;
+                config.lr = args.lr;
+                config.trainable = args.trainable;
+                config.seed = args.seed;
+                config.progress = true;
+                let mut tables = grad_stats::run(&config)?;
+                for path in grad_stats::write_tables(&mut tables, &args.out)? {
+                    eprintln!("wrote {}", path.display());
+                }
+                println!("{}", tables.summary.render());
+            }
+            let figures_dir = args.figures_dir.unwrap_or_else(|| args.out.clone());
+            for path in grad_stats::draw_figures(&args.out, &figures_dir)? {
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Command::Landscape(args) => {
+            if args.plot_only {
+                for path in landscape::plot_only(&args.out, args.figures_dir.as_deref())? {
+                    eprintln!("wrote {}", path.display());
+                }
+                return Ok(());
+            }
+            let task = parse_task(args.task.as_deref().unwrap_or_default())?;
+            let dims = args.dims.unwrap_or(1);
+            let directions = landscape::Directions::parse(&args.directions)?;
+            let mut config =
+                landscape::LandscapeConfig::new(task.name(), &data_dir(&args.data_dir)?, dims);
+            config.model = args.model;
+            config.directions = directions;
+            config.alpha = match &args.alpha {
+                Some(a) => landscape::Range::parse(a).context("--alpha")?,
+                None => directions.default_alpha(),
+            };
+            config.beta = match (&args.beta, dims) {
+                (Some(b), _) => Some(landscape::Range::parse(b).context("--beta")?),
+                (None, 2) => Some(directions.default_beta()),
+                (None, _) => None,
+            };
+            config.from_checkpoint = args.from_checkpoint;
+            config.to_checkpoint = args.to_checkpoint;
+            config.tensors = args.tensors;
+            config.filter_1d = landscape::Filter1d::parse(&args.filter_1d)?;
+            config.seed = args.seed;
+            config.split = Split::parse(&args.split)
+                .with_context(|| format!("--split {}", args.split))?
+                .name()
+                .to_string();
+            config.eval_examples = args.eval_examples;
+            config.max_len = args.max_len;
+            config.batch_size = args.batch_size;
+            if let Some(points) = args.benchmark {
+                config.validate()?;
+                let report = landscape::benchmark(&config, points, args.jobs)?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            let mut options = landscape::RunOptions::new(&args.out);
+            if let Some(shard) = &args.shard {
+                options.shard = landscape::Shard::parse(shard)?;
+            }
+            options.resume = args.resume;
+            options.yes = args.yes;
+            options.max_points = args.max_points;
+            options.jobs = args.jobs;
+            options.progress = !args.json;
+            options.plot = !args.no_plot;
+            options.figures_dir = args.figures_dir;
+            let report = landscape::run(&config, &options)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}: shard {} holds {} of its {} points ({} computed now, {} already there; grid {} points)",
+                    report.file.display(),
+                    report.shard,
+                    report.already_done + report.computed,
+                    report.shard_points,
+                    report.computed,
+                    report.already_done,
+                    report.grid_points
+                );
+                for path in &report.figures {
+                    println!("wrote {}", path.display());
+                }
+            }
+            if report.interrupted {
+                eprintln!("interrupted: the finished points are saved; rerun with --resume to compute the rest");
+                std::process::exit(130);
+            }
+        }
+        Command::Merge(args) => {
+            let report = landscape::merge(
+                &args.inputs,
+                &args.out,
+                args.allow_partial,
+                !args.no_plot,
+                args.figures_dir.as_deref(),
+            )?;
+            println!(
+                "{}: {} of {} points from {} files",
+                report.file.display(),
+                report.points,
+                report.grid_points,
+                report.inputs.len()
+            );
+            for path in &report.figures {
+                println!("wrote {}", path.display());
             }
         }
         Command::Run { .. } => unreachable!("replaced by the config's command above"),

@@ -18,18 +18,74 @@ pub enum Mode {
     Training,
 }
 
-/// y = x Wᵀ + b over the last dimension, for inputs of any rank.
+/// The names, under a linear layer's prefix, of the increments a fine-tuning method adds to
+/// its weight (see [`Linear`]).
+pub mod increment {
+    /// Sparse Δ: u32 row and column of each selected entry, and the trainable values.
+    pub const DELTA_ROWS: &str = "delta.rows";
+    pub const DELTA_COLS: &str = "delta.cols";
+    pub const DELTA_VALUES: &str = "delta.values";
+    /// LoRA: A (r × in), B (out × r) and the scalar α / r.
+    pub const LORA_A: &str = "lora.a";
+    pub const LORA_B: &str = "lora.b";
+    pub const LORA_SCALE: &str = "lora.scale";
+}
+
+#[derive(Debug, Clone)]
+struct SparseDelta {
+    rows: Vec<u32>,
+    cols: Vec<u32>,
+    values: Tensor,
+}
+
+#[derive(Debug, Clone)]
+struct LoraFactors {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+}
+
+/// y = x (W + Δ)ᵀ + b over the last dimension, for inputs of any rank, where the increment Δ is
+/// absent (plain or full fine-tuning), sparse (SIFT, random) or low-rank (LoRA: Δ = s·B·A).
+/// Δ is never materialised: its product with x is computed from its factors, and a frozen W
+/// gets no gradient computed at all.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
+    delta: Option<SparseDelta>,
+    lora: Option<LoraFactors>,
 }
 
 impl Linear {
     fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        use increment::*;
+        let delta = if vb.contains_tensor(DELTA_VALUES) {
+            Some(SparseDelta {
+                rows: vb.get_unchecked_dtype(DELTA_ROWS, DType::U32)?.to_vec1()?,
+                cols: vb.get_unchecked_dtype(DELTA_COLS, DType::U32)?.to_vec1()?,
+                values: vb.get_unchecked(DELTA_VALUES)?,
+            })
+        } else {
+            None
+        };
+        let lora = if vb.contains_tensor(LORA_A) {
+            let scale = vb
+                .get_unchecked_dtype(LORA_SCALE, DType::F64)?
+                .to_scalar::<f64>()?;
+            Some(LoraFactors {
+                a: vb.get_unchecked(LORA_A)?,
+                b: vb.get_unchecked(LORA_B)?,
+                scale,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             weight: vb.get((out_dim, in_dim), "weight")?,
             bias: vb.get(out_dim, "bias")?,
+            delta,
+            lora,
         })
     }
 }
@@ -38,14 +94,29 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim;
+        let out_dim = self.weight.dim(0)?;
+        let x2d = x.reshape((x.elem_count() / in_dim, in_dim))?;
         // One 2-D GEMM against the transposed weight view: no copy of W, one kernel call.
-        let y = x
-            .reshape((rows, in_dim))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
+        let mut y = if x2d.track_op() && !self.weight.track_op() {
+            super::ops::frozen_matmul_t(&x2d, &self.weight)?
+        } else {
+            x2d.matmul(&self.weight.t()?)?
+        };
+        if let Some(d) = &self.delta {
+            y = (y + super::ops::sparse_matmul_t(
+                &x2d.contiguous()?,
+                &d.rows,
+                &d.cols,
+                &d.values,
+                out_dim,
+            )?)?;
+        }
+        if let Some(l) = &self.lora {
+            y = (y + (x2d.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?)?;
+        }
+        let y = y.broadcast_add(&self.bias)?;
         let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        *out_dims.last_mut().unwrap() = out_dim;
         y.reshape(out_dims)
     }
 }

@@ -77,3 +77,21 @@ pub fn draw(name: &str, shape: &[usize], init: Init, seed: u64, device: &Device)
         }
     }
 }
+
+/// U(−bound, bound) of `shape`, from the stream of (`seed`, `name`) (used for LoRA's A).
+pub fn uniform(
+    name: &str,
+    shape: (usize, usize),
+    bound: f64,
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(name_stream(name));
+    let dist =
+        rand_distr::Uniform::new_inclusive(-bound as f32, bound as f32).expect("finite bound");
+    let values: Vec<f32> = (0..shape.0 * shape.1)
+        .map(|_| dist.sample(&mut rng))
+        .collect();
+    Tensor::from_vec(values, shape, device)
+}

@@ -3,13 +3,14 @@
 pub mod bert;
 pub mod config;
 pub mod init;
+pub mod ops;
 pub mod weights;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use candle_nn::VarBuilder;
 
 pub use bert::{mean_loss, per_example_loss, Mode, SequenceClassifier};
@@ -130,16 +131,12 @@ pub fn build_classifier(
     num_labels: usize,
     weights: &WeightMap,
 ) -> Result<SequenceClassifier> {
-    let dtype = weights
-        .values()
-        .next()
-        .map(|t| t.dtype())
-        .unwrap_or(DType::F32);
-    let device = weights
-        .values()
-        .next()
-        .map(|t| t.device().clone())
-        .unwrap_or(Device::Cpu);
+    // The map also holds integer tensors (sparse-increment indices): take the float type
+    // from the embeddings, which every architecture has.
+    let reference = weights
+        .get("embeddings.word_embeddings.weight")
+        .context("the weights have no embeddings.word_embeddings.weight")?;
+    let (dtype, device) = (reference.dtype(), reference.device().clone());
     let vb = VarBuilder::from_tensors(weights.clone(), dtype, &device);
     Ok(SequenceClassifier::new(vb, config, num_labels)?)
 }

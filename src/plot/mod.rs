@@ -9,6 +9,9 @@ use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+pub mod grad_stats;
+pub mod landscape;
+
 /// The font family name figures use.
 pub const FONT: &str = "sans-serif";
 

@@ -57,3 +57,35 @@ pub fn temp_dir(tag: &str) -> tempfile::TempDir {
         .tempdir()
         .expect("temp dir")
 }
+
+/// A small training configuration on RTE with the default model.
+pub fn train_config(
+    method: &str,
+    batch_size: usize,
+    selection_batches: usize,
+) -> sift_lab::train::TrainConfig {
+    use clap::ValueEnum;
+    sift_lab::train::TrainConfig {
+        model: default_model(),
+        task: "rte".into(),
+        data_dir: glue_dir(),
+        method: sift_lab::methods::MethodKind::from_str(method, true).unwrap(),
+        modules: "q,k,v,o".into(),
+        rate: 0.01,
+        selection_batches,
+        selection: sift_lab::methods::Selection::PerTensor,
+        lora_rank: 8,
+        lora_alpha: 16.0,
+        epochs: 1,
+        lr: 1e-3,
+        batch_size,
+        max_len: 48,
+        weight_decay: 0.0,
+        warmup_ratio: 0.06,
+        max_grad_norm: 1.0,
+        seed: 42,
+        train_limit: None,
+        eval_limit: None,
+        log_every: 10,
+    }
+}

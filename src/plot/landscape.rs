@@ -1,0 +1,796 @@
+//! Figures of `sift-lab landscape` (paper Fig. 2): the 1-D loss (and task metric) curve with
+//! θ0 and θ1 marked, the 2-D heatmap with contour lines (marching squares, [`contour_segments`])
+//! and the 2-D loss surface in 3-D.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::{drawing_err, Figure, FONT};
+use crate::landscape::{Directions, LandscapeConfig, Row};
+
+// ---------------------------------------------------------------------------------------------
+// Marching squares
+// ---------------------------------------------------------------------------------------------
+
+/// A contour segment between two points (x, y).
+pub type Segment = ((f64, f64), (f64, f64));
+
+/// Marching squares: the segments of the contour `z = level` of a grid, `z[j][i]` being the
+/// value at (`xs[i]`, `ys[j]`). A corner counts as inside when z ≥ level; crossings are placed by
+/// linear interpolation along cell edges; a saddle cell (opposite corners inside) is resolved by
+/// the mean of its four corners. Cells with a non-finite corner are skipped.
+pub fn contour_segments(xs: &[f64], ys: &[f64], z: &[Vec<f64>], level: f64) -> Vec<Segment> {
+    let mut segments = Vec::new();
+    if xs.len() < 2 || ys.len() < 2 {
+        return segments;
+    }
+    for j in 0..ys.len() - 1 {
+        for i in 0..xs.len() - 1 {
+            // Corners counter-clockwise from bottom-left.
+            let c = [
+                (xs[i], ys[j], z[j][i]),
+                (xs[i + 1], ys[j], z[j][i + 1]),
+                (xs[i + 1], ys[j + 1], z[j + 1][i + 1]),
+                (xs[i], ys[j + 1], z[j + 1][i]),
+            ];
+            if c.iter().any(|p| !p.2.is_finite()) {
+                continue;
+            }
+            let inside: Vec<bool> = c.iter().map(|p| p.2 >= level).collect();
+            // Edge k joins corner k and corner k+1 (mod 4): bottom, right, top, left.
+            let crossing = |k: usize| -> Option<(f64, f64)> {
+                let (a, b) = (c[k], c[(k + 1) % 4]);
+                if inside[k] == inside[(k + 1) % 4] {
+                    return None;
+                }
+                let t = (level - a.2) / (b.2 - a.2);
+                Some((a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1)))
+            };
+            let edges: Vec<(usize, (f64, f64))> =
+                (0..4).filter_map(|k| crossing(k).map(|p| (k, p))).collect();
+            match edges.len() {
+                2 => segments.push((edges[0].1, edges[1].1)),
+                4 => {
+                    let centre = c.iter().map(|p| p.2).sum::<f64>() / 4.0;
+                    let p = |k: usize| edges[k].1;
+                    if (centre >= level) == inside[0] {
+                        // Corners 0 and 2 connect through the centre: cut off corners 1 and 3.
+                        segments.push((p(0), p(1)));
+                        segments.push((p(2), p(3)));
+                    } else {
+                        // Cut off corners 0 and 2.
+                        segments.push((p(3), p(0)));
+                        segments.push((p(1), p(2)));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    segments
+}
+
+/// `n` contour levels evenly spaced strictly inside (lo, hi).
+pub fn contour_levels(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    if !(hi > lo) || n == 0 {
+        return Vec::new();
+    }
+    (1..=n)
+        .map(|k| lo + (hi - lo) * k as f64 / (n + 1) as f64)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Texts shared by the figures
+// ---------------------------------------------------------------------------------------------
+
+/// A labelled point of the plane (θ0, θ1, checkpoint A/B).
+#[derive(Debug, Clone)]
+pub struct Marker {
+    pub alpha: f64,
+    pub beta: f64,
+    pub label: String,
+}
+
+/// Titles and axis names, so that a figure reads without the paper beside it.
+#[derive(Debug, Clone)]
+pub struct Texts {
+    pub title: String,
+    pub subtitle: String,
+    pub alpha_label: String,
+    pub beta_label: String,
+    pub loss_label: String,
+    pub metric_label: String,
+}
+
+fn checkpoint_name(p: &Option<PathBuf>) -> String {
+    p.as_ref()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+pub fn texts(config: &LandscapeConfig, n_examples: usize, two_d: bool) -> Texts {
+    let task = config.task.to_uppercase();
+    let what = if two_d {
+        "2-D loss surface"
+    } else {
+        "1-D loss landscape"
+    };
+    let plane = match (config.directions, two_d) {
+        (Directions::Paper, false) => {
+            "θ(α) = θ0 + α·(θ1 − θ0); θ0 = random init, θ1 = pretrained".to_string()
+        }
+        (Directions::Paper, true) => {
+            "θ(α, β) = θ0 + α·δ1 + β·δ2; δ1 = θ1 − θ0, δ2 = d ⊙ δ1, d ~ N(0, 1)".to_string()
+        }
+        (Directions::FilterNormalized, false) => {
+            "θ(α) = θ1 + α·d1; d1 Gaussian, filter-normalised to θ1 (Li et al. 2018)".to_string()
+        }
+        (Directions::FilterNormalized, true) => {
+            "θ(α, β) = θ1 + α·d1 + β·d2; d1, d2 Gaussian, filter-normalised to θ1".to_string()
+        }
+        (Directions::Checkpoints, false) => format!(
+            "θ(α) = A + α·(B − A); A = {}, B = {}",
+            checkpoint_name(&config.from_checkpoint),
+            checkpoint_name(&config.to_checkpoint)
+        ),
+        (Directions::Checkpoints, true) => format!(
+            "θ(α, β) = A + α·δ1 + β·d ⊙ δ1; δ1 = B − A; A = {}, B = {}",
+            checkpoint_name(&config.from_checkpoint),
+            checkpoint_name(&config.to_checkpoint)
+        ),
+    };
+    let moving = match &config.tensors {
+        Some(p) => format!("; moving {p}"),
+        None => String::new(),
+    };
+    let alpha_label = match config.directions {
+        Directions::Paper => "α   (α = 0: θ0 random init,  α = 1: θ1 pretrained)",
+        Directions::FilterNormalized => "α   (step along d1; α = 0: θ1 pretrained)",
+        Directions::Checkpoints => "α   (α = 0: checkpoint A,  α = 1: checkpoint B)",
+    };
+    let beta_label = match config.directions {
+        Directions::FilterNormalized => "β   (step along d2)",
+        _ => "β   (step along δ2)",
+    };
+    let loss_label = if config.task.starts_with("stsb") || config.task == "sts-b" {
+        "mean squared error"
+    } else {
+        "mean cross-entropy loss"
+    };
+    let metric_label = config
+        .task()
+        .map(crate::metrics::primary_metric)
+        .unwrap_or("metric");
+    Texts {
+        title: format!("{what}: {} on {task}", config.model_short()),
+        subtitle: format!(
+            "{plane}{moving}; {n_examples} {} examples (max {} tokens), seed {}",
+            config.split, config.max_len, config.seed
+        ),
+        alpha_label: alpha_label.to_string(),
+        beta_label: beta_label.to_string(),
+        loss_label: loss_label.to_string(),
+        metric_label: format!("{metric_label} (right axis)"),
+    }
+}
+
+pub fn markers(config: &LandscapeConfig) -> Vec<Marker> {
+    let m = |alpha: f64, label: &str| Marker {
+        alpha,
+        beta: 0.0,
+        label: label.to_string(),
+    };
+    match config.directions {
+        Directions::Paper => vec![m(0.0, "θ0 (random)"), m(1.0, "θ1 (pretrained)")],
+        Directions::FilterNormalized => vec![m(0.0, "θ1 (pretrained)")],
+        Directions::Checkpoints => vec![m(0.0, "A"), m(1.0, "B")],
+    }
+}
+
+/// The range of finite values, widened by `pad` of its span (or ±0.5 when flat).
+fn padded_range(values: impl Iterator<Item = f64>, pad: f64) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+            (l.min(v), h.max(v))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    if hi - lo < 1e-12 {
+        let d = (lo.abs() * 0.01).max(1e-3);
+        return (lo - d, hi + d);
+    }
+    let p = (hi - lo) * pad;
+    (lo - p, hi + p)
+}
+
+fn color(v: f64, lo: f64, hi: f64) -> RGBColor {
+    if !v.is_finite() {
+        return RGBColor(200, 200, 200);
+    }
+    ViridisRGB::get_color_normalized(v.clamp(lo, hi), lo, hi)
+}
+
+fn fmt_value(v: f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(1e-3..1e4).contains(&a) {
+        format!("{v:.2e}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1-D
+// ---------------------------------------------------------------------------------------------
+
+/// Loss (left axis) and the task metric (right axis) against α, with θ0 / θ1 marked.
+pub struct Line1d {
+    pub texts: Texts,
+    pub alphas: Vec<f64>,
+    pub loss: Vec<f64>,
+    pub metric: Vec<f64>,
+    pub markers: Vec<Marker>,
+}
+
+impl Figure for Line1d {
+    fn size(&self) -> (u32, u32) {
+        (1100, 680)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let root = root
+            .titled(&self.texts.title, (FONT, 26))
+            .map_err(drawing_err)?;
+        let root = root
+            .titled(&self.texts.subtitle, (FONT, 15))
+            .map_err(drawing_err)?;
+        let (a0, a1) = (self.alphas[0], *self.alphas.last().unwrap());
+        let (a0, a1) = if a1 > a0 {
+            (a0, a1)
+        } else {
+            (a0 - 0.5, a0 + 0.5)
+        };
+        let (lo, hi) = padded_range(self.loss.iter().copied(), 0.08);
+        let (mlo, mhi) = padded_range(self.metric.iter().copied(), 0.08);
+        let mut chart = ChartBuilder::on(&root)
+            .margin(18)
+            .x_label_area_size(60)
+            .y_label_area_size(80)
+            .right_y_label_area_size(80)
+            .build_cartesian_2d(a0..a1, lo..hi)
+            .map_err(drawing_err)?
+            .set_secondary_coord(a0..a1, mlo..mhi);
+        chart
+            .configure_mesh()
+            .x_desc(&self.texts.alpha_label)
+            .y_desc(&self.texts.loss_label)
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 17))
+            .light_line_style(BLACK.mix(0.05))
+            .bold_line_style(BLACK.mix(0.12))
+            .y_label_formatter(&|v| fmt_value(*v))
+            .draw()
+            .map_err(drawing_err)?;
+        chart
+            .configure_secondary_axes()
+            .y_desc(&self.texts.metric_label)
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 17))
+            .y_label_formatter(&|v| format!("{v:.2}"))
+            .draw()
+            .map_err(drawing_err)?;
+        for m in &self.markers {
+            if m.alpha < a0 || m.alpha > a1 {
+                continue;
+            }
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(m.alpha, lo), (m.alpha, hi)],
+                    8,
+                    5,
+                    BLACK.mix(0.55).stroke_width(2),
+                ))
+                .map_err(drawing_err)?;
+            // Labels inside the plot, on the side of the line that has room.
+            let right_half = m.alpha > (a0 + a1) / 2.0;
+            let (dx, anchor) = if right_half {
+                (-8, Pos::new(HPos::Right, VPos::Top))
+            } else {
+                (8, Pos::new(HPos::Left, VPos::Top))
+            };
+            let style = TextStyle::from((FONT, 17).into_font()).pos(anchor);
+            chart
+                .draw_series(std::iter::once(
+                    EmptyElement::at((m.alpha, hi)) + Text::new(m.label.clone(), (dx, 8), style),
+                ))
+                .map_err(drawing_err)?;
+        }
+        let loss_color = RGBColor(31, 119, 180);
+        let metric_color = RGBColor(230, 120, 20);
+        let pts = |ys: &[f64]| -> Vec<(f64, f64)> {
+            self.alphas
+                .iter()
+                .zip(ys)
+                .filter(|(_, y)| y.is_finite())
+                .map(|(&a, &y)| (a, y))
+                .collect()
+        };
+        chart
+            .draw_series(LineSeries::new(pts(&self.loss), loss_color.stroke_width(3)))
+            .map_err(drawing_err)?
+            .label(format!("{} (left axis)", self.texts.loss_label))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], loss_color.stroke_width(3))
+            });
+        chart
+            .draw_series(
+                pts(&self.loss)
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, loss_color.filled())),
+            )
+            .map_err(drawing_err)?;
+        chart
+            .draw_secondary_series(DashedLineSeries::new(
+                pts(&self.metric),
+                7,
+                4,
+                metric_color.stroke_width(2),
+            ))
+            .map_err(drawing_err)?
+            .label(self.texts.metric_label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], metric_color.stroke_width(2))
+            });
+        chart
+            .draw_secondary_series(
+                pts(&self.metric)
+                    .into_iter()
+                    .map(|p| TriangleMarker::new(p, 4, metric_color.filled())),
+            )
+            .map_err(drawing_err)?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.4))
+            .label_font((FONT, 15))
+            .draw()
+            .map_err(drawing_err)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2-D
+// ---------------------------------------------------------------------------------------------
+
+/// The loss over the (α, β) plane as a heatmap with contour lines and a colour bar.
+pub struct Heatmap2d {
+    pub texts: Texts,
+    pub alphas: Vec<f64>,
+    pub betas: Vec<f64>,
+    /// `z[j][i]`: loss at (alphas[i], betas[j]).
+    pub z: Vec<Vec<f64>>,
+    pub levels: Vec<f64>,
+    pub markers: Vec<Marker>,
+}
+
+/// Cell edges around grid values: midpoints, and half a step beyond the ends.
+fn cell_edges(values: &[f64]) -> Vec<f64> {
+    if values.len() == 1 {
+        return vec![values[0] - 0.5, values[0] + 0.5];
+    }
+    let n = values.len();
+    let mut edges = Vec::with_capacity(n + 1);
+    edges.push(values[0] - (values[1] - values[0]) / 2.0);
+    for w in values.windows(2) {
+        edges.push((w[0] + w[1]) / 2.0);
+    }
+    edges.push(values[n - 1] + (values[n - 1] - values[n - 2]) / 2.0);
+    edges
+}
+
+fn z_range(z: &[Vec<f64>]) -> (f64, f64) {
+    let (lo, hi) = z
+        .iter()
+        .flatten()
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    if !lo.is_finite() {
+        (0.0, 1.0)
+    } else if hi - lo < 1e-12 {
+        (lo - 1e-3, hi + 1e-3)
+    } else {
+        (lo, hi)
+    }
+}
+
+impl Figure for Heatmap2d {
+    fn size(&self) -> (u32, u32) {
+        (1100, 760)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let root = root
+            .titled(&self.texts.title, (FONT, 26))
+            .map_err(drawing_err)?;
+        let root = root
+            .titled(&self.texts.subtitle, (FONT, 15))
+            .map_err(drawing_err)?;
+        let (w, _) = root.dim_in_pixel();
+        let (main, bar) = root.split_horizontally(w.saturating_sub(150));
+        let (xe, ye) = (cell_edges(&self.alphas), cell_edges(&self.betas));
+        let (x0, x1) = (xe[0], *xe.last().unwrap());
+        let (y0, y1) = (ye[0], *ye.last().unwrap());
+        let (lo, hi) = z_range(&self.z);
+        let mut chart = ChartBuilder::on(&main)
+            .margin(18)
+            .x_label_area_size(60)
+            .y_label_area_size(80)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(drawing_err)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc(&self.texts.alpha_label)
+            .y_desc(&self.texts.beta_label)
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 17))
+            .draw()
+            .map_err(drawing_err)?;
+        let mut cells = Vec::new();
+        for (j, row) in self.z.iter().enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                cells.push(Rectangle::new(
+                    [(xe[i], ye[j]), (xe[i + 1], ye[j + 1])],
+                    color(v, lo, hi).filled(),
+                ));
+            }
+        }
+        chart.draw_series(cells).map_err(drawing_err)?;
+        for &level in &self.levels {
+            let segments = contour_segments(&self.alphas, &self.betas, &self.z, level);
+            chart
+                .draw_series(
+                    segments.into_iter().map(|(p, q)| {
+                        PathElement::new(vec![p, q], WHITE.mix(0.85).stroke_width(1))
+                    }),
+                )
+                .map_err(drawing_err)?;
+        }
+        for m in &self.markers {
+            chart
+                .draw_series(std::iter::once(
+                    EmptyElement::at((m.alpha, m.beta))
+                        + Circle::new((0, 0), 7, RED.filled())
+                        + Circle::new((0, 0), 7, WHITE.stroke_width(2))
+                        + Text::new(
+                            m.label.clone(),
+                            (10, -22),
+                            (FONT, 17).into_font().color(&WHITE),
+                        ),
+                ))
+                .map_err(drawing_err)?;
+        }
+
+        // Colour bar, aligned with the plot area, contour levels marked.
+        let mut cb = ChartBuilder::on(&bar)
+            .margin_top(18)
+            .margin_bottom(18)
+            .margin_right(10)
+            .x_label_area_size(60)
+            .y_label_area_size(75)
+            .build_cartesian_2d(0.0..1.0, lo..hi)
+            .map_err(drawing_err)?;
+        cb.configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_desc(&self.texts.loss_label)
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 16))
+            .y_label_formatter(&|v| fmt_value(*v))
+            .draw()
+            .map_err(drawing_err)?;
+        let steps = 256;
+        cb.draw_series((0..steps).map(|k| {
+            let a = lo + (hi - lo) * k as f64 / steps as f64;
+            let b = lo + (hi - lo) * (k + 1) as f64 / steps as f64;
+            Rectangle::new([(0.0, a), (1.0, b)], color((a + b) / 2.0, lo, hi).filled())
+        }))
+        .map_err(drawing_err)?;
+        cb.draw_series(
+            self.levels.iter().map(|&l| {
+                PathElement::new(vec![(0.0, l), (1.0, l)], WHITE.mix(0.85).stroke_width(1))
+            }),
+        )
+        .map_err(drawing_err)?;
+        Ok(())
+    }
+}
+
+/// The loss surface over (α, β) in 3-D, coloured like the heatmap.
+pub struct Surface3d {
+    pub texts: Texts,
+    pub alphas: Vec<f64>,
+    pub betas: Vec<f64>,
+    pub z: Vec<Vec<f64>>,
+    pub markers: Vec<Marker>,
+}
+
+impl Figure for Surface3d {
+    fn size(&self) -> (u32, u32) {
+        (1100, 820)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let root = root
+            .titled(&self.texts.title, (FONT, 26))
+            .map_err(drawing_err)?;
+        let root = root
+            .titled(&self.texts.subtitle, (FONT, 15))
+            .map_err(drawing_err)?;
+        let (a0, a1) = (self.alphas[0], *self.alphas.last().unwrap());
+        let (b0, b1) = (self.betas[0], *self.betas.last().unwrap());
+        let (lo, hi) = z_range(&self.z);
+        let mut chart = ChartBuilder::on(&root)
+            .margin(20)
+            .build_cartesian_3d(a0..a1, lo..hi, b0..b1)
+            .map_err(drawing_err)?;
+        chart.with_projection(|mut p| {
+            p.yaw = 0.65;
+            p.pitch = 0.45;
+            p.scale = 0.78;
+            p.into_matrix()
+        });
+        chart
+            .configure_axes()
+            .label_style((FONT, 13))
+            .light_grid_style(BLACK.mix(0.08))
+            .max_light_lines(3)
+            .x_formatter(&|v| format!("{v:.1}"))
+            .z_formatter(&|v| format!("{v:.1}"))
+            .y_formatter(&|v| fmt_value(*v))
+            .draw()
+            .map_err(drawing_err)?;
+        // Quads drawn back to front (painter's algorithm) in the projected view.
+        let value = |i: usize, j: usize| self.z[j][i];
+        let mut quads: Vec<(f64, Vec<(f64, f64, f64)>, f64)> = Vec::new();
+        for j in 0..self.betas.len().saturating_sub(1) {
+            for i in 0..self.alphas.len().saturating_sub(1) {
+                let corners = [(i, j), (i + 1, j), (i + 1, j + 1), (i, j + 1)];
+                if corners.iter().any(|&(i, j)| !value(i, j).is_finite()) {
+                    continue;
+                }
+                let pts: Vec<(f64, f64, f64)> = corners
+                    .iter()
+                    .map(|&(i, j)| (self.alphas[i], value(i, j), self.betas[j]))
+                    .collect();
+                let mean = corners.iter().map(|&(i, j)| value(i, j)).sum::<f64>() / 4.0;
+                // Depth: with this yaw the far corner is high α and high β.
+                let depth = (self.alphas[i] - a0) / (a1 - a0).max(1e-12)
+                    + (self.betas[j] - b0) / (b1 - b0).max(1e-12);
+                quads.push((depth, pts, mean));
+            }
+        }
+        quads.sort_by(|a, b| b.0.total_cmp(&a.0));
+        chart
+            .draw_series(
+                quads.into_iter().map(|(_, pts, mean)| {
+                    Polygon::new(pts, color(mean, lo, hi).mix(0.95).filled())
+                }),
+            )
+            .map_err(drawing_err)?;
+        let axis_font = (FONT, 18).into_font();
+        chart
+            .draw_series(
+                [
+                    ("α", (a1, lo, b0)),
+                    ("β", (a0, lo, b1)),
+                    ("loss", (a0, hi, b0)),
+                ]
+                .map(|(label, at)| {
+                    EmptyElement::at(at) + Text::new(label.to_string(), (8, 0), axis_font.clone())
+                }),
+            )
+            .map_err(drawing_err)?;
+        for m in &self.markers {
+            let Some(i) = self.alphas.iter().position(|&a| a == m.alpha) else {
+                continue;
+            };
+            let Some(j) = self.betas.iter().position(|&b| b == m.beta) else {
+                continue;
+            };
+            let v = value(i, j);
+            if !v.is_finite() {
+                continue;
+            }
+            chart
+                .draw_series(std::iter::once(
+                    EmptyElement::at((m.alpha, v, m.beta))
+                        + Circle::new((0, 0), 6, RED.filled())
+                        + Text::new(m.label.clone(), (9, -20), (FONT, 17).into_font()),
+                ))
+                .map_err(drawing_err)?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// All figures of a landscape
+// ---------------------------------------------------------------------------------------------
+
+/// The loss grid `z[j][i]` (NaN where a point is missing).
+fn grid(config: &LandscapeConfig, rows: &[Row], f: impl Fn(&Row) -> f64) -> Vec<Vec<f64>> {
+    let (na, nb) = (config.alpha.count, config.betas().len());
+    let mut z = vec![vec![f64::NAN; na]; nb];
+    for r in rows {
+        if r.alpha_index < na && r.beta_index < nb {
+            z[r.beta_index][r.alpha_index] = f(r);
+        }
+    }
+    z
+}
+
+/// Writes every figure of a complete landscape into `dir`: `landscape_1d` (for a 2-D grid, its
+/// β = 0 line when the grid has one), and for 2-D `landscape_2d_heatmap` and
+/// `landscape_2d_surface`; PNG and SVG each.
+pub fn draw_all(config: &LandscapeConfig, rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
+    ensure!(!rows.is_empty(), "no rows to plot");
+    let n_examples = rows[0].n_examples;
+    let alphas = config.alphas();
+    let betas = config.betas();
+    let loss = grid(config, rows, |r| r.loss);
+    let metric = grid(config, rows, |r| r.metric);
+    let markers = markers(config);
+    let mut written = Vec::new();
+    if let Some(j) = betas.iter().position(|&b| b == 0.0) {
+        let fig = Line1d {
+            texts: {
+                let mut t = texts(config, n_examples, false);
+                if config.dims == 2 {
+                    t.title = format!("{} (β = 0 line of the 2-D grid)", t.title);
+                }
+                t
+            },
+            alphas: alphas.clone(),
+            loss: loss[j].clone(),
+            metric: metric[j].clone(),
+            markers: markers.clone(),
+        };
+        written.extend(super::save(&fig, &dir.join("landscape_1d"))?);
+    }
+    if config.dims == 2 {
+        let t = texts(config, n_examples, true);
+        let (lo, hi) = z_range(&loss);
+        let levels = contour_levels(lo, hi, 10);
+        let heat = Heatmap2d {
+            texts: Texts {
+                subtitle: format!("{}; white lines: 10 loss contours", t.subtitle),
+                ..t.clone()
+            },
+            alphas: alphas.clone(),
+            betas: betas.clone(),
+            z: loss.clone(),
+            levels,
+            markers: markers.clone(),
+        };
+        written.extend(super::save(&heat, &dir.join("landscape_2d_heatmap"))?);
+        let surface = Surface3d {
+            texts: t,
+            alphas,
+            betas,
+            z: loss,
+            markers,
+        };
+        written.extend(super::save(&surface, &dir.join("landscape_2d_surface"))?);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normalise(mut s: Vec<Segment>) -> Vec<Segment> {
+        let key = |p: (f64, f64)| {
+            (p.0 * 1e9).round() as i64 * 1_000_000_000_000 + (p.1 * 1e9).round() as i64
+        };
+        for seg in s.iter_mut() {
+            if key(seg.0) > key(seg.1) {
+                *seg = (seg.1, seg.0);
+            }
+        }
+        s.sort_by_key(|seg| (key(seg.0), key(seg.1)));
+        s
+    }
+
+    fn close(a: &[Segment], b: &[Segment]) -> bool {
+        let (a, b) = (normalise(a.to_vec()), normalise(b.to_vec()));
+        a.len() == b.len()
+            && a.iter().zip(&b).all(|(p, q)| {
+                (p.0 .0 - q.0 .0).abs() < 1e-12
+                    && (p.0 .1 - q.0 .1).abs() < 1e-12
+                    && (p.1 .0 - q.1 .0).abs() < 1e-12
+                    && (p.1 .1 - q.1 .1).abs() < 1e-12
+            })
+    }
+
+    /// A peak of 2 in the middle of a 3×3 grid of zeros: the level-1 contour is the diamond
+    /// through the midpoints between the centre and its four neighbours.
+    #[test]
+    fn marching_squares_peak_gives_a_diamond() {
+        let xs = [0.0, 1.0, 2.0];
+        let ys = [0.0, 1.0, 2.0];
+        let z = vec![
+            vec![0.0, 0.0, 0.0],
+            vec![0.0, 2.0, 0.0],
+            vec![0.0, 0.0, 0.0],
+        ];
+        let got = contour_segments(&xs, &ys, &z, 1.0);
+        let want = vec![
+            ((1.0, 0.5), (0.5, 1.0)),
+            ((1.5, 1.0), (1.0, 0.5)),
+            ((1.0, 1.5), (1.5, 1.0)),
+            ((0.5, 1.0), (1.0, 1.5)),
+        ];
+        assert!(close(&got, &want), "{got:?}");
+    }
+
+    /// z = x on a 2×2 cell with uneven spacing: the level 0.25 contour is the vertical line at
+    /// x = 0.25 · 4 = 1 (z runs 0 → 1 over x 0 → 4).
+    #[test]
+    fn marching_squares_interpolates_linearly() {
+        let xs = [0.0, 4.0];
+        let ys = [0.0, 1.0];
+        let z = vec![vec![0.0, 1.0], vec![0.0, 1.0]];
+        let got = contour_segments(&xs, &ys, &z, 0.25);
+        assert!(close(&got, &[((1.0, 0.0), (1.0, 1.0))]), "{got:?}");
+        assert!(contour_segments(&xs, &ys, &z, 2.0).is_empty());
+    }
+
+    /// Saddle: corners (0,0) and (1,1) high. The centre (mean 0.5 ≥ 0.5) is inside, so the high
+    /// corners connect and the contour cuts off the two low corners.
+    #[test]
+    fn marching_squares_resolves_saddles_by_the_centre() {
+        let xs = [0.0, 1.0];
+        let ys = [0.0, 1.0];
+        let z = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        let got = contour_segments(&xs, &ys, &z, 0.5);
+        let want = [((0.5, 0.0), (1.0, 0.5)), ((0.5, 1.0), (0.0, 0.5))];
+        assert!(close(&got, &want), "{got:?}");
+        // Level 0.6: the centre (0.5) is outside, so the high corners are cut off instead.
+        let got = contour_segments(&xs, &ys, &z, 0.6);
+        let want = [((0.0, 0.4), (0.4, 0.0)), ((1.0, 0.6), (0.6, 1.0))];
+        assert!(close(&got, &want), "{got:?}");
+    }
+
+    #[test]
+    fn levels_lie_strictly_inside() {
+        assert_eq!(contour_levels(0.0, 1.0, 3), vec![0.25, 0.5, 0.75]);
+        assert!(contour_levels(1.0, 1.0, 3).is_empty());
+    }
+}

@@ -1,0 +1,682 @@
+//! `sift-lab train`: fine-tune a pretrained encoder on a GLUE task with one of the methods of
+//! `methods.rs`, evaluating on dev after every epoch.
+//!
+//! RUN_DIR holds `metrics.parquet` (one row per logged step and per epoch), `summary.json`,
+//! `delta.safetensors` (the increment alone), and `state/` (trainable values, optimizer moments
+//! and rows so far, written after every epoch) from which `--resume` continues.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use polars::prelude::{Column, DataFrame};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{BatchOrder, Dataset, Split, Task};
+use crate::methods::{self, FineTuning, MethodKind, Selection};
+use crate::model::{self, Mode, Pretrained};
+use crate::optim::{self, AdamW, AdamWConfig};
+use crate::{eval, progress, table};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub model: String,
+    pub task: String,
+    pub data_dir: PathBuf,
+    pub method: MethodKind,
+    pub modules: String,
+    pub rate: f64,
+    pub selection_batches: usize,
+    pub selection: Selection,
+    pub lora_rank: usize,
+    pub lora_alpha: f64,
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub max_len: usize,
+    pub weight_decay: f64,
+    pub warmup_ratio: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// Use only the first N training examples (quick runs, tests).
+    pub train_limit: Option<usize>,
+    /// Evaluate on only the first N dev examples.
+    pub eval_limit: Option<usize>,
+    /// Log a step row every N steps.
+    pub log_every: usize,
+}
+
+impl TrainConfig {
+    /// Rejects settings that cannot run, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.rate > 0.0 && self.rate <= 1.0) {
+            bail!(
+                "--rate {}: must be in (0, 1] (a fraction of each tensor, e.g. 0.01 for 1 %)",
+                self.rate
+            );
+        }
+        if self.method == MethodKind::Lora && self.lora_rank == 0 {
+            bail!("--lora-rank 0: the rank must be at least 1");
+        }
+        if self.epochs == 0 || self.batch_size == 0 {
+            bail!("--epochs and --batch-size must be at least 1");
+        }
+        if self.selection_batches == 0 {
+            bail!("--selection-batches must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            bail!("--warmup-ratio {}: must be in [0, 1)", self.warmup_ratio);
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("--lr {}: must be a positive number", self.lr);
+        }
+        Ok(())
+    }
+}
+
+/// One row of metrics.parquet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricRow {
+    /// "step" (training loss over the last logged steps) or "epoch" (dev evaluation).
+    pub kind: String,
+    pub epoch: usize,
+    pub step: usize,
+    pub train_loss: f64,
+    pub lr: f64,
+    pub seconds: f64,
+    pub trainable_params: usize,
+    pub dev_loss: Option<f64>,
+    pub dev_metrics: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochResult {
+    pub epoch: usize,
+    pub dev_loss: f64,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub config: TrainConfig,
+    /// "completed", "interrupted" or "diverged".
+    pub status: String,
+    pub epochs_completed: usize,
+    pub steps: usize,
+    pub primary_metric: String,
+    pub best_epoch: Option<EpochResult>,
+    pub last_epoch: Option<EpochResult>,
+    pub trainable_params: usize,
+    /// AdamW moments.
+    pub optimizer_state_bytes: usize,
+    /// Gradients the optimizer reads (one per trainable scalar).
+    pub gradient_state_bytes: usize,
+    pub peak_rss_mib: Option<f64>,
+    pub seconds: f64,
+    pub version: String,
+}
+
+/// What `--resume` restores.
+#[derive(Debug, Serialize, Deserialize)]
+struct Checkpoint {
+    config: TrainConfig,
+    epochs_completed: usize,
+    steps: usize,
+    rows: Vec<MetricRow>,
+    epochs: Vec<EpochResult>,
+    seconds: f64,
+}
+
+pub fn run(
+    config: &TrainConfig,
+    out: &Path,
+    export_hf: Option<&Path>,
+    resume: bool,
+) -> Result<TrainSummary> {
+    config.validate()?;
+    let started = Instant::now();
+    let device = Device::Cpu;
+    let task = Task::parse(&config.task).with_context(|| format!("--task {}", config.task))?;
+    let pretrained =
+        model::load_pretrained(&config.model, None, task.num_labels(), config.seed, &device)?;
+    let train = Dataset::load(
+        &config.data_dir,
+        task,
+        Split::Train,
+        &pretrained.tokenizer,
+        config.max_len,
+        config.train_limit,
+    )
+    .context("the task needs a train split (train.tsv) to fine-tune")?;
+    let dev = Dataset::load(
+        &config.data_dir,
+        task,
+        Split::Dev,
+        &pretrained.tokenizer,
+        config.max_len,
+        config.eval_limit,
+    )?;
+    if train.is_empty() {
+        bail!(
+            "{}: the train split has no examples",
+            config.data_dir.display()
+        );
+    }
+
+    let state_dir = out.join("state");
+    let previous = read_checkpoint(&state_dir)?;
+    match (&previous, resume) {
+        (Some(_), false) => bail!("{} already holds a run: pass --resume to continue it, or choose another --out", out.display()),
+        (Some(p), true) if p.config != *config => bail!("--resume: {} was started with other settings ({}); rerun with the same flags or another --out", out.display(), config_diff(&p.config, config)),
+        _ => {}
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+
+    let head = methods::head_names(&pretrained.config, pretrained.num_labels)?;
+    let method = build_method(
+        config,
+        &pretrained,
+        &train,
+        &head,
+        previous.as_ref().map(|_| state_dir.as_path()),
+    )?;
+    let mut optimizer = AdamW::new(
+        method.params()?,
+        AdamWConfig {
+            weight_decay: config.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let (mut rows, mut epochs, mut steps, first_epoch, seconds_before) = match &previous {
+        Some(p) => {
+            restore_optimizer(&mut optimizer, &state_dir)?;
+            eprintln!(
+                "resuming {} after epoch {} (step {})",
+                out.display(),
+                p.epochs_completed,
+                p.steps
+            );
+            (
+                p.rows.clone(),
+                p.epochs.clone(),
+                p.steps,
+                p.epochs_completed,
+                p.seconds,
+            )
+        }
+        None => (vec![], vec![], 0, 0, 0.0),
+    };
+
+    let trainable = method.trainable_count()?;
+    let batches_per_epoch = train.num_batches(config.batch_size);
+    let total_steps = batches_per_epoch * config.epochs;
+    let warmup = (config.warmup_ratio * total_steps as f64).ceil() as usize;
+    let mut status = "completed";
+    let primary = crate::metrics::primary_metric(task);
+
+    'epochs: for epoch in first_epoch..config.epochs {
+        let bar = progress::bar(batches_per_epoch as u64, "steps");
+        bar.set_message(format!("epoch {}/{}", epoch + 1, config.epochs));
+        let (mut loss_sum, mut loss_count) = (0.0, 0usize);
+        for batch in train.batches(
+            config.batch_size,
+            BatchOrder::Shuffled {
+                seed: config.seed,
+                epoch: epoch as u64,
+            },
+            &device,
+        ) {
+            if progress::interrupted() {
+                status = "interrupted";
+                break 'epochs;
+            }
+            let batch = batch?;
+            // Rebuilt every step from the live Vars, so the last update is in this forward.
+            let classifier = pretrained.build(&method.effective_weights()?)?;
+            let logits = classifier.forward(
+                &batch.input_ids,
+                &batch.token_type_ids,
+                &batch.attention_mask,
+                Mode::Training,
+            )?;
+            let loss = model::mean_loss(&logits, &batch.labels)?;
+            let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !loss_value.is_finite() {
+                status = "diverged";
+                bar.abandon();
+                eprintln!("training diverged at epoch {} step {steps}: loss {loss_value}; lower --lr (now {}). Results so far are in {}", epoch + 1, config.lr, out.display());
+                break 'epochs;
+            }
+            let mut gradients = optimizer.gradients(&loss.backward()?)?;
+            optim::clip_global_norm(&mut gradients, config.max_grad_norm)?;
+            let lr = optim::linear_schedule(steps, warmup, total_steps, config.lr);
+            optimizer.step(&gradients, lr)?;
+            steps += 1;
+            loss_sum += loss_value;
+            loss_count += 1;
+            bar.inc(1);
+            bar.set_message(format!(
+                "epoch {}/{} loss {:.4}",
+                epoch + 1,
+                config.epochs,
+                loss_sum / loss_count as f64
+            ));
+            if steps % config.log_every.max(1) == 0 {
+                rows.push(MetricRow {
+                    kind: "step".into(),
+                    epoch: epoch + 1,
+                    step: steps,
+                    train_loss: loss_sum / loss_count as f64,
+                    lr,
+                    seconds: seconds_before + started.elapsed().as_secs_f64(),
+                    trainable_params: trainable,
+                    dev_loss: None,
+                    dev_metrics: BTreeMap::new(),
+                });
+            }
+        }
+        bar.finish_and_clear();
+
+        let classifier = pretrained.build(&method.merged()?)?;
+        let (scores, _) = eval::evaluate(&classifier, &dev, 64, &device, false)?;
+        eprintln!(
+            "epoch {}: train loss {:.4}, dev loss {:.4}, {}",
+            epoch + 1,
+            loss_sum / loss_count.max(1) as f64,
+            scores.mean_loss,
+            format_metrics(&scores.metrics)
+        );
+        rows.push(MetricRow {
+            kind: "epoch".into(),
+            epoch: epoch + 1,
+            step: steps,
+            train_loss: loss_sum / loss_count.max(1) as f64,
+            lr: optim::linear_schedule(steps, warmup, total_steps, config.lr),
+            seconds: seconds_before + started.elapsed().as_secs_f64(),
+            trainable_params: trainable,
+            dev_loss: Some(scores.mean_loss),
+            dev_metrics: scores.metrics.clone(),
+        });
+        epochs.push(EpochResult {
+            epoch: epoch + 1,
+            dev_loss: scores.mean_loss,
+            metrics: scores.metrics,
+        });
+        let checkpoint = Checkpoint {
+            config: config.clone(),
+            epochs_completed: epoch + 1,
+            steps,
+            rows: rows.clone(),
+            epochs: epochs.clone(),
+            seconds: seconds_before + started.elapsed().as_secs_f64(),
+        };
+        write_checkpoint(&state_dir, &checkpoint, &method, &optimizer)?;
+        write_metrics(out, &rows, config)?;
+    }
+
+    write_metrics(out, &rows, config)?;
+    let (tensors, meta) = method.delta_tensors()?;
+    write_safetensors(&tensors, meta, &out.join("delta.safetensors"))?;
+    if let Some(dir) = export_hf {
+        model::weights::save_hf_checkpoint(
+            &method.merged()?,
+            &pretrained.files.config,
+            pretrained.num_labels,
+            dir,
+        )?;
+        let base = crate::hub::resolve(&config.model)?;
+        if let Some(tokenizer) = base.tokenizer {
+            std::fs::copy(&tokenizer, dir.join("tokenizer.json"))?;
+        }
+    }
+    let best = epochs
+        .iter()
+        .max_by(|a, b| {
+            a.metrics
+                .get(primary)
+                .unwrap_or(&f64::NAN)
+                .total_cmp(b.metrics.get(primary).unwrap_or(&f64::NAN))
+        })
+        .cloned();
+    let summary = TrainSummary {
+        config: config.clone(),
+        status: status.into(),
+        epochs_completed: epochs.len(),
+        steps,
+        primary_metric: primary.into(),
+        best_epoch: best,
+        last_epoch: epochs.last().cloned(),
+        trainable_params: trainable,
+        optimizer_state_bytes: optimizer.state_bytes(),
+        gradient_state_bytes: trainable * 4,
+        peak_rss_mib: crate::memory::peak_rss_mib(),
+        seconds: seconds_before + started.elapsed().as_secs_f64(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    if status == "diverged" {
+        bail!(
+            "training diverged (loss is not finite); lower --lr. Completed epochs are in {}",
+            out.display()
+        );
+    }
+    Ok(summary)
+}
+
+fn format_metrics(metrics: &BTreeMap<String, f64>) -> String {
+    metrics
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn config_diff(a: &TrainConfig, b: &TrainConfig) -> String {
+    let (a, b) = (
+        serde_json::to_value(a).unwrap(),
+        serde_json::to_value(b).unwrap(),
+    );
+    let keys: Vec<String> = a
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+        .map(|(k, v)| {
+            format!(
+                "{k}: was {v}, now {}",
+                b.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+            )
+        })
+        .collect();
+    keys.join("; ")
+}
+
+/// Builds the method; SIFT selects on the first batches of the first epoch's order at θ1.
+/// On resume, the selection comes from the saved state instead.
+fn build_method(
+    config: &TrainConfig,
+    pretrained: &Pretrained,
+    train: &Dataset,
+    head: &[String],
+    state_dir: Option<&Path>,
+) -> Result<FineTuning> {
+    let targets = methods::target_names(&config.modules, &pretrained.config)?;
+    let method = match config.method {
+        MethodKind::Full | MethodKind::Head => {
+            FineTuning::dense(config.method, &pretrained.weights, head)?
+        }
+        MethodKind::Lora => FineTuning::lora(
+            &pretrained.weights,
+            head,
+            &targets,
+            config.lora_rank,
+            config.lora_alpha,
+            config.seed,
+        )?,
+        MethodKind::Sift | MethodKind::Random => {
+            let selected = match state_dir {
+                Some(dir) => saved_selection(dir, &targets)?,
+                None if config.method == MethodKind::Random => {
+                    let shapes: Vec<(String, Vec<usize>)> = targets
+                        .iter()
+                        .map(|n| (n.clone(), pretrained.weights[n].dims().to_vec()))
+                        .collect();
+                    methods::select_random(&shapes, config.rate, config.seed)
+                }
+                None => {
+                    let gradients = accumulated_gradients(pretrained, train, &targets, config)?;
+                    methods::select_by_gradient(&gradients, config.rate, config.selection)
+                }
+            };
+            FineTuning::sparse(config.method, &pretrained.weights, head, &selected)?
+        }
+    };
+    if let Some(dir) = state_dir {
+        restore_values(&method, dir)?;
+    }
+    Ok(method)
+}
+
+/// G = Σ over the first `selection_batches` training batches of ∂L/∂W at θ1, for each target.
+pub fn accumulated_gradients(
+    pretrained: &Pretrained,
+    train: &Dataset,
+    targets: &[String],
+    config: &TrainConfig,
+) -> Result<BTreeMap<String, Vec<f32>>> {
+    let device = pretrained.device();
+    let vars: BTreeMap<String, Var> = targets
+        .iter()
+        .map(|n| Ok((n.clone(), Var::from_tensor(&pretrained.weights[n])?)))
+        .collect::<Result<_>>()?;
+    let mut weights = pretrained.weights.clone();
+    for (name, var) in &vars {
+        weights.insert(name.clone(), var.as_tensor().clone());
+    }
+    let classifier = pretrained.build(&weights)?;
+    let mut sums: BTreeMap<String, Tensor> = BTreeMap::new();
+    let order = BatchOrder::Shuffled {
+        seed: config.seed,
+        epoch: 0,
+    };
+    for batch in train
+        .batches(config.batch_size, order, &device)
+        .take(config.selection_batches)
+    {
+        let batch = batch?;
+        let logits = classifier.forward(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            &batch.attention_mask,
+            Mode::Training,
+        )?;
+        let grads = model::mean_loss(&logits, &batch.labels)?.backward()?;
+        for (name, var) in &vars {
+            let g = grads
+                .get(var.as_tensor())
+                .with_context(|| format!("no gradient reached {name}"))?;
+            let sum = match sums.remove(name) {
+                Some(s) => (s + g)?,
+                None => g.clone(),
+            };
+            sums.insert(name.clone(), sum);
+        }
+    }
+    sums.into_iter()
+        .map(|(n, g)| Ok((n, g.flatten_all()?.to_vec1::<f32>()?)))
+        .collect()
+}
+
+fn write_metrics(out: &Path, rows: &[MetricRow], config: &TrainConfig) -> Result<()> {
+    let metric_names: Vec<String> = {
+        let mut names: Vec<String> = rows
+            .iter()
+            .flat_map(|r| r.dev_metrics.keys().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let mut columns = vec![
+        Column::new(
+            "kind".into(),
+            rows.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "epoch".into(),
+            rows.iter().map(|r| r.epoch as u32).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "step".into(),
+            rows.iter().map(|r| r.step as u32).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "train_loss".into(),
+            rows.iter().map(|r| r.train_loss).collect::<Vec<_>>(),
+        ),
+        Column::new("lr".into(), rows.iter().map(|r| r.lr).collect::<Vec<_>>()),
+        Column::new(
+            "seconds".into(),
+            rows.iter().map(|r| r.seconds).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "trainable_params".into(),
+            rows.iter()
+                .map(|r| r.trainable_params as u64)
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "dev_loss".into(),
+            rows.iter().map(|r| r.dev_loss).collect::<Vec<_>>(),
+        ),
+    ];
+    for name in &metric_names {
+        columns.push(Column::new(
+            format!("dev_{name}").into(),
+            rows.iter()
+                .map(|r| r.dev_metrics.get(name).copied())
+                .collect::<Vec<_>>(),
+        ));
+    }
+    let mut df = DataFrame::new_infer_height(columns)?;
+    table::write_parquet(
+        &mut df,
+        &out.join("metrics.parquet"),
+        &[("train_config".into(), serde_json::to_string(config)?)],
+    )
+}
+
+fn write_safetensors(
+    tensors: &HashMap<String, Tensor>,
+    meta: HashMap<String, String>,
+    path: &Path,
+) -> Result<()> {
+    let views: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let tmp = path.with_extension("safetensors.partial");
+    safetensors::serialize_to_file(views.iter().map(|(n, t)| (n.as_str(), t)), Some(meta), &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn write_checkpoint(
+    dir: &Path,
+    checkpoint: &Checkpoint,
+    method: &FineTuning,
+    optimizer: &AdamW,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let (first, second, _) = optimizer.state();
+    for (i, param) in optimizer.params().iter().enumerate() {
+        tensors.insert(
+            format!("value/{}", param.name),
+            param.var.as_tensor().detach(),
+        );
+        tensors.insert(format!("adam_m/{}", param.name), first[i].clone());
+        tensors.insert(format!("adam_v/{}", param.name), second[i].clone());
+    }
+    for (name, indices) in method.selected_indices()? {
+        let n = indices.len();
+        tensors.insert(
+            format!("indices/{name}"),
+            Tensor::from_vec(indices, n, &Device::Cpu)?,
+        );
+    }
+    let meta = HashMap::from([("adam_steps".to_string(), optimizer.steps().to_string())]);
+    write_safetensors(&tensors, meta, &dir.join("state.safetensors"))?;
+    // The JSON is written last: a checkpoint exists only once both files are complete.
+    let tmp = dir.join("checkpoint.json.partial");
+    std::fs::write(&tmp, serde_json::to_string(checkpoint)?)?;
+    std::fs::rename(&tmp, dir.join("checkpoint.json"))?;
+    Ok(())
+}
+
+fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
+    let path = dir.join("checkpoint.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: unreadable checkpoint; remove {} to start over",
+            path.display(),
+            dir.display()
+        )
+    })?))
+}
+
+fn load_state(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let path = dir.join("state.safetensors");
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+fn saved_selection(dir: &Path, targets: &[String]) -> Result<BTreeMap<String, Vec<u32>>> {
+    let state = load_state(dir)?;
+    targets
+        .iter()
+        .map(|name| {
+            let t = state
+                .get(&format!("indices/{name}"))
+                .with_context(|| format!("{}: no saved selection for {name}", dir.display()))?;
+            Ok((name.clone(), t.to_vec1::<u32>()?))
+        })
+        .collect()
+}
+
+fn restore_values(method: &FineTuning, dir: &Path) -> Result<()> {
+    let state = load_state(dir)?;
+    for param in method.params()? {
+        let saved = state
+            .get(&format!("value/{}", param.name))
+            .with_context(|| format!("{}: no saved value for {}", dir.display(), param.name))?;
+        param.var.set(saved)?;
+    }
+    Ok(())
+}
+
+fn restore_optimizer(optimizer: &mut AdamW, dir: &Path) -> Result<()> {
+    let state = load_state(dir)?;
+    let get = |kind: &str, name: &str| -> Result<Tensor> {
+        state
+            .get(&format!("{kind}/{name}"))
+            .cloned()
+            .with_context(|| format!("{}: no saved {kind} for {name}", dir.display()))
+    };
+    let names: Vec<String> = optimizer.params().iter().map(|p| p.name.clone()).collect();
+    let first = names
+        .iter()
+        .map(|n| get("adam_m", n))
+        .collect::<Result<_>>()?;
+    let second = names
+        .iter()
+        .map(|n| get("adam_v", n))
+        .collect::<Result<_>>()?;
+    let steps = safetensors_metadata(&dir.join("state.safetensors"))?
+        .get("adam_steps")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    optimizer.restore(first, second, steps);
+    Ok(())
+}
+
+fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let bytes = std::fs::read(path)?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+/// Where a run's outputs live, for callers that want them.
+pub fn summary_path(out: &Path) -> PathBuf {
+    out.join("summary.json")
+}

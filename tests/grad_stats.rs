@@ -1,0 +1,497 @@
+//! grad-stats on the real default model and real MRPC batches (small: batch 8, max_len 64):
+//! the gradients it uses are those of the full training path, the tables agree with them and
+//! with each other, the during-training mode really trains, bad input is refused, and the
+//! figures are redrawn from the Parquet files alone.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use candle_core::{Device, Var};
+use sift_lab::data::BatchOrder;
+use sift_lab::grad_stats::{self, math, GradStatsConfig, GradientSource, OverlapMode, Setup};
+use sift_lab::model::{self, Mode, WeightMap};
+use sift_lab::table;
+
+const VALUE0: &str = "encoder.layer.0.attention.self.value.weight";
+
+fn config(out: &std::path::Path, batches: usize) -> GradStatsConfig {
+    let mut config =
+        GradStatsConfig::new(&common::default_model(), "mrpc", &common::glue_dir(), out);
+    config.batch_size = 8;
+    config.max_len = 64;
+    config.batches = batches;
+    config.bins = 50;
+    config.seed = 3;
+    config
+}
+
+/// The reference: every tensor a Var, full backward, as tests/model.rs does.
+fn full_backward_gradient(
+    setup: &Setup,
+    weights: &WeightMap,
+    batch: &sift_lab::data::Batch,
+    name: &str,
+) -> Vec<f32> {
+    let vars: HashMap<String, Var> = weights
+        .iter()
+        .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
+        .collect();
+    let map: WeightMap = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let classifier = setup.pretrained.build(&map).unwrap();
+    let logits = classifier
+        .forward(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            &batch.attention_mask,
+            Mode::Training,
+        )
+        .unwrap();
+    let grads = model::mean_loss(&logits, &batch.labels)
+        .unwrap()
+        .backward()
+        .unwrap();
+    grads
+        .get(vars[name].as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max)
+        / scale
+}
+
+fn column_f64(df: &polars::prelude::DataFrame, name: &str) -> Vec<f64> {
+    df.column(name)
+        .unwrap()
+        .f64()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect()
+}
+
+fn column_str(df: &polars::prelude::DataFrame, name: &str) -> Vec<String> {
+    df.column(name)
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap().to_string())
+        .collect()
+}
+
+/// Row indices where every (column, value) pair matches.
+fn rows(df: &polars::prelude::DataFrame, filters: &[(&str, &str)]) -> Vec<usize> {
+    let columns: Vec<Vec<String>> = filters.iter().map(|(c, _)| column_str(df, c)).collect();
+    (0..df.height())
+        .filter(|&i| {
+            filters
+                .iter()
+                .zip(&columns)
+                .all(|((_, v), col)| col[i] == *v)
+        })
+        .collect()
+}
+
+/// The gradient grad-stats takes for a batch equals a full backward over every tensor (same
+/// tensor, same batch), for θ1 and θ0; and the first batch is the first of the seeded shuffle.
+#[test]
+fn gradients_used_equal_those_of_the_full_training_path() {
+    let dir = common::temp_dir("grad-stats-same");
+    let mut config = config(dir.path(), 2);
+    config.tensors = Some(format!(
+        "{VALUE0},encoder.layer.5.attention.output.dense.weight"
+    ));
+    let setup = Setup::load(&config).unwrap();
+    assert_eq!(setup.tensors[0], VALUE0);
+    let device = Device::Cpu;
+    let batch = grad_stats::batch_stream(&setup.dataset, 8, config.seed, &device)
+        .next()
+        .unwrap()
+        .unwrap();
+    let expected_batch = setup
+        .dataset
+        .batches(
+            8,
+            BatchOrder::Shuffled {
+                seed: config.seed,
+                epoch: 0,
+            },
+            &device,
+        )
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.example_indices, expected_batch.example_indices);
+
+    let weights = setup.weights(config.seed).unwrap();
+    let mut used = Vec::new();
+    for (m, w) in weights.iter().enumerate() {
+        let mut source = GradientSource::frozen(&setup.pretrained, w, &setup.tensors).unwrap();
+        let g = source.step(&batch).unwrap().grads.remove(0);
+        let reference = full_backward_gradient(&setup, w, &batch, VALUE0);
+        let diff = max_rel_diff(&g, &reference);
+        assert!(diff < 1e-5, "model {m}: relative difference {diff}");
+        used.push(reference);
+    }
+
+    // The tables of a run on the same config describe exactly these first-batch gradients.
+    let tables = grad_stats::run(&config).unwrap();
+    for (m, model_name) in grad_stats::MODELS.iter().enumerate() {
+        let g = &used[m];
+        let stats = &tables.stats;
+        let r = rows(
+            stats,
+            &[
+                ("model", model_name),
+                ("tensor", VALUE0),
+                ("scope", "batch1"),
+            ],
+        );
+        assert_eq!(r.len(), 1);
+        let max_abs = g.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+        let norm = math::squared_norm(g).sqrt();
+        let got_max = column_f64(stats, "max_abs")[r[0]];
+        let got_norm = column_f64(stats, "l2_norm")[r[0]];
+        assert!(
+            (got_max - max_abs).abs() <= 1e-5 * max_abs,
+            "{model_name} max |g|"
+        );
+        assert!((got_norm - norm).abs() <= 1e-5 * norm, "{model_name} ‖g‖");
+
+        // The top-x curve of the table is the closed-form curve of the reference gradient.
+        let topx = &tables.topx;
+        let r = rows(topx, &[("model", model_name), ("tensor", VALUE0)]);
+        let x: Vec<f64> = r
+            .iter()
+            .map(|&i| column_f64(topx, "x_percent")[i])
+            .collect();
+        let ratio: Vec<f64> = r
+            .iter()
+            .map(|&i| column_f64(topx, "norm_ratio")[i])
+            .collect();
+        let curve = math::topx_curve(g, &x);
+        for (j, (&a, &b)) in ratio.iter().zip(&curve.norm_ratio).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "{model_name} x = {}: {a} vs {b}",
+                x[j]
+            );
+        }
+    }
+}
+
+/// Histogram counts add up to the entries of the tensor, on both ranges, for every unit; the
+/// overlap rows are consistent (batch 1: r_first = r_own, overlap 1; r_first ≤ r_own; r_own is
+/// the top-1 % point of the curve on batch 1); and the figures redraw from the written Parquet.
+#[test]
+fn tables_are_consistent_and_figures_redraw_from_parquet() {
+    let dir = common::temp_dir("grad-stats-tables");
+    let config = config(dir.path(), 3);
+    let mut tables = grad_stats::run(&config).unwrap();
+    let summary = tables.summary.clone();
+    assert_eq!(summary.batches_done, 3);
+    assert_eq!(
+        summary.tensors.len(),
+        6 * 4,
+        "default: q, k, v, o weights of 6 layers"
+    );
+    assert_eq!(
+        summary.figure_tensor,
+        "encoder.layer.3.attention.self.value.weight"
+    );
+    let numel_per_tensor = 384 * 384;
+
+    // Histograms: 2 models × 2 ranges × (24 tensors + all) × bins rows.
+    let hist = &tables.hist;
+    assert_eq!(hist.height(), 2 * 2 * 25 * config.bins);
+    let counts: Vec<u64> = hist
+        .column("count")
+        .unwrap()
+        .u64()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap())
+        .collect();
+    for model in grad_stats::MODELS {
+        for range in ["shared", "own"] {
+            for (tensor, numel) in [
+                (summary.tensors[7].as_str(), numel_per_tensor),
+                (grad_stats::ALL, summary.numel),
+            ] {
+                let r = rows(
+                    hist,
+                    &[("model", model), ("range", range), ("tensor", tensor)],
+                );
+                assert_eq!(r.len(), config.bins);
+                let total: u64 = r.iter().map(|&i| counts[i]).sum();
+                assert_eq!(total as usize, numel, "{model} {range} {tensor}");
+            }
+        }
+    }
+    // Shared bins are the same for both models and span ±max|g| over both.
+    let lo = column_f64(hist, "lo");
+    let shared: Vec<Vec<usize>> = grad_stats::MODELS
+        .iter()
+        .map(|m| {
+            rows(
+                hist,
+                &[
+                    ("model", m),
+                    ("range", "shared"),
+                    ("tensor", grad_stats::ALL),
+                ],
+            )
+        })
+        .collect();
+    assert_eq!(lo[shared[0][0]], lo[shared[1][0]]);
+
+    let overlap = &tables.overlap;
+    assert_eq!(overlap.height(), 2 * (24 + 2) * 3);
+    let (r_first, r_own, ov) = (
+        column_f64(overlap, "r_first"),
+        column_f64(overlap, "r_own"),
+        column_f64(overlap, "overlap"),
+    );
+    let batch: Vec<u32> = overlap
+        .column("batch")
+        .unwrap()
+        .u32()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap())
+        .collect();
+    for i in 0..overlap.height() {
+        assert!(
+            r_first[i] <= r_own[i] + 1e-12,
+            "row {i}: the own mask is the best k-set"
+        );
+        assert!((0.0..=1.0).contains(&ov[i]));
+        if batch[i] == 1 {
+            assert_eq!(r_first[i], r_own[i]);
+            assert_eq!(ov[i], 1.0);
+        }
+    }
+    // r_own at batch 1 = the curve's value at 1 % on batch 1, for the global unit.
+    let topx = &tables.topx;
+    for model in grad_stats::MODELS {
+        let t = rows(topx, &[("model", model), ("tensor", grad_stats::ALL)]);
+        let at1 = t
+            .iter()
+            .find(|&&i| column_f64(topx, "x_percent")[i] == 1.0)
+            .unwrap();
+        let o = rows(overlap, &[("model", model), ("tensor", grad_stats::ALL)]);
+        let first = o.iter().find(|&&i| batch[i] == 1).unwrap();
+        assert!((column_f64(topx, "norm_ratio")[*at1] - r_own[*first]).abs() < 1e-9);
+    }
+
+    // Written and read back; the figures come from the files alone.
+    let overlap_rows = overlap.height();
+    let written = grad_stats::write_tables(&mut tables, dir.path()).unwrap();
+    assert_eq!(written.len(), 5);
+    let back = table::read_parquet(&dir.path().join("overlap.parquet")).unwrap();
+    assert_eq!(back.height(), overlap_rows);
+    let meta = table::read_metadata(&dir.path().join("topx.parquet")).unwrap();
+    let config_json = &meta.iter().find(|(k, _)| k == "config").unwrap().1;
+    let read: GradStatsConfig = serde_json::from_str(config_json).unwrap();
+    assert_eq!(read.batches, 3);
+    let figures = dir.path().join("figs");
+    let paths = grad_stats::draw_figures(dir.path(), &figures).unwrap();
+    for name in ["fig3_gradients", "fig4_mask_overlap"] {
+        for ext in ["png", "svg"] {
+            let path = figures.join(format!("{name}.{ext}"));
+            assert!(paths.contains(&path));
+            assert!(
+                std::fs::metadata(&path).unwrap().len() > 1000,
+                "{}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// during-training: the first gradient is taken before any update (so it equals the frozen
+/// one), later ones are taken at updated weights (so they differ from the frozen ones).
+#[test]
+fn during_training_takes_each_gradient_before_its_update() {
+    let dir = common::temp_dir("grad-stats-train");
+    let mut config = config(dir.path(), 3);
+    config.tensors = Some(VALUE0.into());
+    config.overlap_mode = OverlapMode::DuringTraining;
+    config.lr = 1e-4;
+    let setup = Setup::load(&config).unwrap();
+    assert_eq!(
+        setup.trainable.len(),
+        6 * 16 + 5 + 4,
+        "full fine-tuning by default"
+    );
+    let device = Device::Cpu;
+    let batches: Vec<_> = grad_stats::batch_stream(&setup.dataset, 8, config.seed, &device)
+        .take(3)
+        .map(Result::unwrap)
+        .collect();
+    let weights = setup.weights(config.seed).unwrap();
+    let value = |w: &WeightMap| w[VALUE0].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let before = [value(&weights[0]), value(&weights[1])];
+    for w in &weights {
+        let mut training = setup.source(&config, w).unwrap();
+        let mut frozen = GradientSource::frozen(&setup.pretrained, w, &setup.tensors).unwrap();
+        let mut frozen_losses = vec![];
+        let mut training_losses = vec![];
+        for (t, batch) in batches.iter().enumerate() {
+            let a = training.step(batch).unwrap();
+            let b = frozen.step(batch).unwrap();
+            frozen_losses.push(b.loss);
+            training_losses.push(a.loss);
+            let diff = max_rel_diff(&a.grads[0], &b.grads[0]);
+            if t == 0 {
+                assert!(diff < 1e-6, "step 1 must see the initial weights ({diff})");
+            } else {
+                assert!(
+                    diff > 1e-4,
+                    "step {} must see updated weights ({diff})",
+                    t + 1
+                );
+            }
+        }
+        assert_ne!(frozen_losses[2], training_losses[2]);
+    }
+    // The caller's weights (θ1 is the loaded checkpoint itself) are not touched by the run.
+    assert_eq!(before, [value(&weights[0]), value(&weights[1])]);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_helpful_message() {
+    let dir = common::temp_dir("grad-stats-bad");
+    let mut c = config(dir.path(), 1);
+    let err = format!("{:#}", grad_stats::run(&c).err().unwrap());
+    assert!(err.contains("at least 2 batches"), "{err}");
+
+    c.batches = 2;
+    c.bins = 1;
+    let err = format!("{:#}", grad_stats::run(&c).err().unwrap());
+    assert!(err.contains("at least 2 bins"), "{err}");
+
+    c.bins = 10;
+    c.tensors = Some("encoder.layer.*.attention.self.value.weight,nothing.like.this".into());
+    let err = format!("{:#}", grad_stats::run(&c).err().unwrap());
+    assert!(
+        err.contains("'nothing.like.this' matches no tensor"),
+        "{err}"
+    );
+    assert!(
+        err.contains("encoder.layer.{0..5}.attention.self.value.weight"),
+        "the available names are listed: {err}"
+    );
+
+    c.tensors = None;
+    c.figure_tensor = Some("encoder.layer.0.output.dense.weight".into());
+    let err = format!("{:#}", grad_stats::run(&c).err().unwrap());
+    assert!(err.contains("not among the chosen tensors"), "{err}");
+}
+
+/// The command line end to end: a run writes the tables and both figures; --plot-only redraws
+/// them elsewhere from the Parquet files; a bad pattern fails with the list of names.
+#[test]
+fn cli_runs_and_redraws_from_parquet() {
+    let dir = common::temp_dir("grad-stats-cli");
+    let out = dir.path().join("out");
+    let bin = env!("CARGO_BIN_EXE_sift-lab");
+    let glue = common::glue_dir();
+    let run = Command::new(bin)
+        .args([
+            "grad-stats",
+            "--task",
+            "mrpc",
+            "--batches",
+            "2",
+            "--batch-size",
+            "4",
+        ])
+        .args([
+            "--max-len",
+            "32",
+            "--bins",
+            "20",
+            "--tensors",
+            "encoder.layer.1.attention.*.weight",
+        ])
+        .arg("--data-dir")
+        .arg(&glue)
+        .arg("--out")
+        .arg(&out)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("r_first"), "{stdout}");
+    for file in [
+        "hist.parquet",
+        "topx.parquet",
+        "overlap.parquet",
+        "stats.parquet",
+        "summary.json",
+        "fig3_gradients.png",
+        "fig4_mask_overlap.svg",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    // The attention.*.weight glob also catches attention.output.LayerNorm.weight: 5 tensors.
+    assert_eq!(summary["tensors"].as_array().unwrap().len(), 5);
+    assert!(summary["peak_rss_mib"].as_f64().unwrap() > 0.0);
+
+    let figures = dir.path().join("figures");
+    let redraw = Command::new(bin)
+        .args(["grad-stats", "--plot-only"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--figures-dir")
+        .arg(&figures)
+        .output()
+        .unwrap();
+    assert!(
+        redraw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&redraw.stderr)
+    );
+    assert!(figures.join("fig3_gradients.svg").is_file());
+    assert!(figures.join("fig4_mask_overlap.png").is_file());
+
+    let bad = Command::new(bin)
+        .args(["grad-stats", "--task", "mrpc", "--tensors", "decoder.*"])
+        .arg("--data-dir")
+        .arg(&glue)
+        .arg("--out")
+        .arg(dir.path().join("bad"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("matches no tensor")
+            && stderr.contains("embeddings.word_embeddings.weight"),
+        "{stderr}"
+    );
+}
