@@ -4,8 +4,9 @@
 //! Two forward modes compute the same function:
 //! - [`Mode::Inference`] uses candle's fused CPU kernels (layer norm, last-dim softmax), which
 //!   record no backward pass;
-//! - [`Mode::Training`] builds layer norm and softmax from elementary ops so that `backward()`
-//!   reaches every weight (candle's fused ops silently drop the gradient).
+//! - [`Mode::Training`] uses sift-lab's own fused layer norm and softmax (`fused.rs`), which
+//!   record a backward pass, so that `backward()` reaches every weight (candle's fused ops
+//!   silently drop the gradient).
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -142,17 +143,7 @@ impl LayerNorm {
             Mode::Inference => {
                 candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
             }
-            Mode::Training => {
-                // (x - mean) / sqrt(var + eps) * w + b, from differentiable ops; eps in f64 so
-                // that f64 gradient checks are not limited by an f32 constant.
-                let hidden = x.dim(D::Minus1)? as f64;
-                let centred = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / hidden)?)?;
-                let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / hidden)?;
-                let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-                normed
-                    .broadcast_mul(&self.weight)?
-                    .broadcast_add(&self.bias)
-            }
+            Mode::Training => super::fused::layer_norm(x, &self.weight, &self.bias, self.eps),
         }
     }
 }
@@ -160,7 +151,7 @@ impl LayerNorm {
 fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
         Mode::Inference => candle_nn::ops::softmax_last_dim(x),
-        Mode::Training => candle_nn::ops::softmax(x, D::Minus1),
+        Mode::Training => super::fused::softmax_last_dim(x),
     }
 }
 

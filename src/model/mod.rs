@@ -2,6 +2,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod fused;
 pub mod init;
 pub mod ops;
 pub mod weights;

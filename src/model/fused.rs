@@ -1,0 +1,226 @@
+//! Fused CPU kernels that record a backward pass: layer norm and last-dimension softmax.
+//!
+//! candle's own fused versions (`candle_nn::ops::layer_norm`, `softmax_last_dim`) drop the
+//! gradient, and the versions built from elementary ops cost a dozen passes over memory (each a
+//! fresh allocation) forward and again backward. These do one pass per direction, row-parallel.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Float types the kernels run on.
+trait Float: WithDType + Send + Sync {
+    fn f(x: f64) -> Self;
+    fn g(self) -> f64;
+}
+impl Float for f32 {
+    fn f(x: f64) -> Self {
+        x as f32
+    }
+    fn g(self) -> f64 {
+        self as f64
+    }
+}
+impl Float for f64 {
+    fn f(x: f64) -> Self {
+        x
+    }
+    fn g(self) -> f64 {
+        self
+    }
+}
+
+fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("fused op: input must be contiguous".into()))?;
+    Ok(&storage.as_slice::<T>()?[start..end])
+}
+
+/// Runs `f` on the CPU slice of a contiguous tensor.
+fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("fused op: CPU tensors only")
+    };
+    f(slice::<T>(cpu, layout)?)
+}
+
+// ---------------------------------------------------------------- layer norm
+
+/// `(x − mean) / sqrt(var + eps) · γ + β` over the last dimension, with gradients for x, γ, β.
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3_arc(gamma, beta, std::sync::Arc::new(Box::new(LayerNorm { eps })))
+}
+
+struct LayerNorm {
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn forward<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
+        let h = gamma.len();
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
+            let (mean, rstd) = moments(x, self.eps);
+            for i in 0..h {
+                y[i] = T::f((x[i].g() - mean) * rstd * gamma[i].g() + beta[i].g());
+            }
+        });
+        y
+    }
+
+    /// (dx, dγ, dβ). With x̂ = (x − mean)·rstd and d = δ·γ:
+    /// dx = rstd · (d − mean(d) − x̂ · mean(d · x̂)); dγ = Σ_rows δ·x̂; dβ = Σ_rows δ.
+    fn backward<T: Float>(&self, x: &[T], gamma: &[T], grad: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let h = gamma.len();
+        let mut dx = vec![T::zero(); x.len()];
+        dx.par_chunks_mut(h).zip(x.par_chunks(h)).zip(grad.par_chunks(h)).for_each(|((dx, x), g)| {
+            let (mean, rstd) = moments(x, self.eps);
+            let (mut mean_d, mut mean_dx) = (0.0, 0.0);
+            for i in 0..h {
+                let d = g[i].g() * gamma[i].g();
+                mean_d += d;
+                mean_dx += d * (x[i].g() - mean) * rstd;
+            }
+            mean_d /= h as f64;
+            mean_dx /= h as f64;
+            for i in 0..h {
+                let xhat = (x[i].g() - mean) * rstd;
+                dx[i] = T::f(rstd * (g[i].g() * gamma[i].g() - mean_d - xhat * mean_dx));
+            }
+        });
+        let (dgamma, dbeta) = x
+            .par_chunks(h * 64)
+            .zip(grad.par_chunks(h * 64))
+            .map(|(xb, gb)| {
+                let (mut dg, mut db) = (vec![0.0f64; h], vec![0.0f64; h]);
+                for (x, g) in xb.chunks(h).zip(gb.chunks(h)) {
+                    let (mean, rstd) = moments(x, self.eps);
+                    for i in 0..h {
+                        dg[i] += g[i].g() * (x[i].g() - mean) * rstd;
+                        db[i] += g[i].g();
+                    }
+                }
+                (dg, db)
+            })
+            .reduce(
+                || (vec![0.0; h], vec![0.0; h]),
+                |(mut ga, mut ba), (gb, bb)| {
+                    ga.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
+                    ba.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
+                    (ga, ba)
+                },
+            );
+        (dx, dgamma.into_iter().map(T::f).collect(), dbeta.into_iter().map(T::f).collect())
+    }
+}
+
+/// Mean and 1/sqrt(var + eps) of one row, accumulated in f64.
+fn moments<T: Float>(x: &[T], eps: f64) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|v| v.g()).sum::<f64>() / n;
+    let var = x.iter().map(|v| (v.g() - mean).powi(2)).sum::<f64>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, g: &CpuStorage, gl: &Layout, b: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = match x {
+            CpuStorage::F32(_) => CpuStorage::F32(self.forward(slice::<f32>(x, xl)?, slice(g, gl)?, slice(b, bl)?)),
+            CpuStorage::F64(_) => CpuStorage::F64(self.forward(slice::<f64>(x, xl)?, slice(g, gl)?, slice(b, bl)?)),
+            _ => candle_core::bail!("layer-norm: only f32 and f64"),
+        };
+        Ok((y, xl.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        macro_rules! run {
+            ($t:ty) => {
+                with_slice::<$t, _>(x, |xs| {
+                    with_slice::<$t, _>(gamma, |gs| {
+                        with_slice::<$t, _>(grad, |ds| {
+                            let (dx, dg, db) = self.backward(xs, gs, ds);
+                            Ok((
+                                Tensor::from_vec(dx, x.shape(), x.device())?,
+                                Tensor::from_vec(dg, gamma.shape(), x.device())?,
+                                Tensor::from_vec(db, beta.shape(), x.device())?,
+                            ))
+                        })
+                    })
+                })?
+            };
+        }
+        let (dx, dg, db) = match x.dtype() {
+            candle_core::DType::F32 => run!(f32),
+            candle_core::DType::F64 => run!(f64),
+            d => candle_core::bail!("layer-norm: unsupported dtype {d:?}"),
+        };
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+// ---------------------------------------------------------------- softmax
+
+/// Softmax over the last dimension, with its gradient `dx = y ⊙ (δ − Σ δ⊙y)`.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(SoftmaxLastDim)))
+}
+
+struct SoftmaxLastDim;
+
+fn softmax_rows<T: Float>(x: &[T], n: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
+        let max = x.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.g()));
+        let mut sum = 0.0;
+        for i in 0..n {
+            let e = (x[i].g() - max).exp();
+            sum += e;
+            y[i] = T::f(e);
+        }
+        for v in y.iter_mut() {
+            *v = T::f(v.g() / sum);
+        }
+    });
+    y
+}
+
+fn softmax_grad<T: Float>(y: &[T], grad: &[T], n: usize) -> Vec<T> {
+    let mut dx = vec![T::zero(); y.len()];
+    dx.par_chunks_mut(n).zip(y.par_chunks(n)).zip(grad.par_chunks(n)).for_each(|((dx, y), g)| {
+        let dot: f64 = y.iter().zip(g).map(|(a, b)| a.g() * b.g()).sum();
+        for i in 0..n {
+            dx[i] = T::f(y[i].g() * (g[i].g() - dot));
+        }
+    });
+    dx
+}
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = layout.shape().dims().last().copied().unwrap_or(1);
+        let y = match x {
+            CpuStorage::F32(_) => CpuStorage::F32(softmax_rows(slice::<f32>(x, layout)?, n)),
+            CpuStorage::F64(_) => CpuStorage::F64(softmax_rows(slice::<f64>(x, layout)?, n)),
+            _ => candle_core::bail!("softmax-last-dim: only f32 and f64"),
+        };
+        Ok((y, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let n = res.dims().last().copied().unwrap_or(1);
+        let dx = match res.dtype() {
+            candle_core::DType::F32 => with_slice::<f32, _>(res, |y| with_slice::<f32, _>(grad, |g| Tensor::from_vec(softmax_grad(y, g, n), res.shape(), res.device())))?,
+            candle_core::DType::F64 => with_slice::<f64, _>(res, |y| with_slice::<f64, _>(grad, |g| Tensor::from_vec(softmax_grad(y, g, n), res.shape(), res.device())))?,
+            d => candle_core::bail!("softmax-last-dim: unsupported dtype {d:?}"),
+        };
+        Ok(Some(dx))
+    }
+}
