@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -1196,31 +1196,51 @@ pub fn run(config: &LandscapeConfig, options: &RunOptions) -> Result<RunReport> 
                 format!(" shard {}", options.shard)
             }
         ));
-        let state = Mutex::new((rows, 0usize));
-        let work = |point: &Point| -> Result<()> {
-            if progress::interrupted() {
-                return Ok(());
-            }
-            let row = prepared.evaluate(point)?;
-            let mut guard = state.lock().unwrap();
-            guard.0.push(row);
-            guard.1 += 1;
-            write_rows(&path, &config, options.shard, &guard.0)?;
-            drop(guard);
-            bar.inc(1);
-            Ok(())
-        };
-        let result = if options.jobs == 1 {
-            todo.iter().try_for_each(work)
-        } else {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(options.jobs)
-                .build()?
-                .install(|| todo.par_iter().try_for_each(work))
-        };
+        // One writer thread (outside any rayon pool) owns the rows and rewrites the file after
+        // every finished point. Workers never hold a lock across rayon work: a rayon thread
+        // waiting inside a lock can steal the next grid point and deadlock on that lock.
+        let shard = options.shard;
+        let (path_ref, config_ref, bar_ref) = (&path, &config, &bar);
+        let (result, written) = std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<Row>();
+            let writer = scope.spawn(move || -> Result<(Vec<Row>, usize)> {
+                let mut rows = rows;
+                let mut n = 0;
+                for row in rx {
+                    rows.push(row);
+                    n += 1;
+                    write_rows(path_ref, config_ref, shard, &rows)?;
+                    bar_ref.inc(1);
+                }
+                Ok((rows, n))
+            });
+            let result = {
+                let tx = tx;
+                let work = |point: &Point| -> Result<()> {
+                    if progress::interrupted() {
+                        return Ok(());
+                    }
+                    let row = prepared.evaluate(point)?;
+                    tx.send(row).map_err(|_| {
+                        anyhow::anyhow!("the writer of {} stopped", path_ref.display())
+                    })
+                };
+                if options.jobs == 1 {
+                    todo.iter().try_for_each(work)
+                } else {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(options.jobs)
+                        .build()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|pool| pool.install(|| todo.par_iter().try_for_each(work)))
+                }
+            }; // the sender drops here, so the writer finishes
+            let written = writer.join().expect("the writer thread panicked");
+            (result, written)
+        });
         bar.finish_and_clear();
+        let (all, n) = written?;
         result?;
-        let (all, n) = state.into_inner().unwrap();
         rows = all;
         computed = n;
         interrupted = progress::interrupted();

@@ -512,3 +512,61 @@ pub fn head_names(config: &EncoderConfig, num_labels: usize) -> Result<Vec<Strin
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minilm_config() -> EncoderConfig {
+        serde_json::from_str(r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,"num_hidden_layers":6,"num_attention_heads":12,"intermediate_size":1536,"max_position_embeddings":512}"#).unwrap()
+    }
+
+    #[test]
+    fn module_sets_pick_the_right_tensors() {
+        let c = minilm_config();
+        let names = |spec| target_names(spec, &c).unwrap();
+        assert_eq!(
+            names("q"),
+            (0..6)
+                .map(|l| format!("encoder.layer.{l}.attention.self.query.weight"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(names("q,k,v,o").len(), 24);
+        assert_eq!(names("attention").len(), 48);
+        let ffn = names("ffn");
+        assert_eq!(ffn.len(), 12);
+        assert!(ffn.iter().all(|n| !n.contains("attention")), "{ffn:?}");
+        // Every encoder tensor: 5 embedding tensors + 16 per layer; never the head.
+        assert_eq!(names("all").len(), 5 + 6 * 16);
+        assert!(names("all")
+            .iter()
+            .all(|n| !n.starts_with("classifier") && !n.starts_with("pooler")));
+        let err = target_names("q,x", &c).unwrap_err().to_string();
+        assert!(err.contains("--modules") && err.contains("\"x\""), "{err}");
+    }
+
+    #[test]
+    fn top_k_takes_the_largest_magnitudes_and_breaks_ties_by_index() {
+        let g = [0.1, -5.0, 3.0, -3.0, 0.0, 4.0];
+        assert_eq!(top_k_indices(&g, 1), vec![1]);
+        assert_eq!(top_k_indices(&g, 3), vec![1, 2, 5]);
+        // |3.0| = |−3.0|: the lower index wins the last place.
+        assert_eq!(top_k_indices(&g, 4), vec![1, 2, 3, 5]);
+        assert_eq!(budget(0.01, 147_456), 1474);
+        assert_eq!(budget(1e-9, 10), 1);
+        assert_eq!(budget(1.0, 10), 10);
+    }
+
+    #[test]
+    fn global_selection_pools_all_tensors() {
+        let mut g = BTreeMap::new();
+        g.insert("a".to_string(), vec![10.0, 0.0, 0.0, 0.0]);
+        g.insert("b".to_string(), vec![9.0, 8.0, 7.0, 0.0]);
+        // Budget: rate 0.5 → 2 per tensor, 4 in all; globally the 4 largest are a0, b0, b1, b2.
+        let per = select_by_gradient(&g, 0.5, Selection::PerTensor);
+        assert_eq!(per["a"], vec![0, 1]);
+        let global = select_by_gradient(&g, 0.5, Selection::Global);
+        assert_eq!(global["a"], vec![0]);
+        assert_eq!(global["b"], vec![0, 1, 2]);
+    }
+}

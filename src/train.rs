@@ -264,6 +264,18 @@ pub fn run(
                 loss_sum / loss_count as f64
             ));
             if steps % config.log_every.max(1) == 0 {
+                if bar.is_hidden() {
+                    // No terminal (a batch job's log): a plain progress line instead of the bar.
+                    let done = steps - first_epoch * batches_per_epoch;
+                    let per_step = started.elapsed().as_secs_f64() / done.max(1) as f64;
+                    eprintln!(
+                        "epoch {}/{} step {steps}/{total_steps} loss {:.4} lr {lr:.2e} {per_step:.2} s/step ETA {:.0} s",
+                        epoch + 1,
+                        config.epochs,
+                        loss_sum / loss_count as f64,
+                        per_step * (total_steps - steps) as f64
+                    );
+                }
                 rows.push(MetricRow {
                     kind: "step".into(),
                     epoch: epoch + 1,

@@ -286,7 +286,8 @@ fn tables_are_consistent_and_figures_redraw_from_parquet() {
             assert_eq!(ov[i], 1.0);
         }
     }
-    // r_own at batch 1 = the curve's value at 1 % on batch 1, for the global unit.
+    // r_own at batch 1 = the curve's value at 1 % on batch 1, for the global unit (up to the one
+    // component between the mask's ⌊x·n⌋ and the curve's ⌈x·n⌉).
     let topx = &tables.topx;
     for model in grad_stats::MODELS {
         let t = rows(topx, &[("model", model), ("tensor", grad_stats::ALL)]);
@@ -296,7 +297,12 @@ fn tables_are_consistent_and_figures_redraw_from_parquet() {
             .unwrap();
         let o = rows(overlap, &[("model", model), ("tensor", grad_stats::ALL)]);
         let first = o.iter().find(|&&i| batch[i] == 1).unwrap();
-        assert!((column_f64(topx, "norm_ratio")[*at1] - r_own[*first]).abs() < 1e-9);
+        let curve = column_f64(topx, "norm_ratio")[*at1];
+        assert!(
+            curve >= r_own[*first] && curve - r_own[*first] < 1e-3,
+            "{curve} vs {}",
+            r_own[*first]
+        );
     }
 
     // Written and read back; the figures come from the files alone.

@@ -11,9 +11,8 @@ pub fn log_grid_percent(per_decade: usize) -> Vec<f64> {
         .collect()
 }
 
-/// How many components "the top x %" of `n` are: ⌈x·n⌉, at least 1 and at most `n` (SPEC:
-/// P(x) = ‖g_top⌈x·n⌉‖₂ / ‖g‖₂). The same count defines the top-x % masks, so that r_own of a
-/// batch equals that batch's top-x % norm ratio.
+/// How many components "the top x %" of the curve are: ⌈x·n⌉, at least 1 and at most `n`
+/// (SPEC: P(x) = ‖g_top⌈x·n⌉‖₂ / ‖g‖₂).
 pub fn top_count(n: usize, percent: f64) -> usize {
     if n == 0 {
         return 0;
@@ -22,6 +21,20 @@ pub fn top_count(n: usize, percent: f64) -> usize {
     // Shave a relative 1e-12 so that an exact product such as 1 % of 300 = 3.0000000000000004
     // rounds to 3, not 4.
     let k = (exact * (1.0 - 1e-12)).ceil() as usize;
+    k.clamp(1, n)
+}
+
+/// How many components a top-x % mask holds: SIFT's budget k = max(1, ⌊x·n⌋) (SPEC, "SIFT"),
+/// so that a first-batch mask is exactly the set SIFT would train. It differs from
+/// [`top_count`] by at most one component.
+pub fn mask_count(n: usize, percent: f64) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let exact = percent / 100.0 * n as f64;
+    // Add a relative 1e-12 so that an exact product such as 7 % of 100 = 7.000000000000001
+    // or 6.999999999999999 floors to 7.
+    let k = (exact * (1.0 + 1e-12)).floor() as usize;
     k.clamp(1, n)
 }
 
@@ -333,6 +346,16 @@ mod tests {
         assert_eq!(grid[40], 1.0);
         assert!(close(grid[80], 100.0, 1e-12));
         assert!(grid.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn mask_count_is_sifts_budget() {
+        assert_eq!(mask_count(147_456, 1.0), 1474); // 1474.56 rounds down, as SIFT's budget
+        assert_eq!(mask_count(300, 1.0), 3);
+        assert_eq!(mask_count(100, 7.0), 7);
+        assert_eq!(mask_count(100, 0.01), 1); // at least one
+        assert_eq!(mask_count(1000, 100.0), 1000);
+        assert_eq!(mask_count(0, 1.0), 0);
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! (a)–(c)) and the first-batch curves are on the FIRST batch's gradient, as in the paper; the
 //! overlap curves (Fig. 4) span all N batches.
 //!
+//! A top-x% mask holds SIFT's budget, max(1, ⌊x·n⌋) components (SPEC "SIFT"), so θ1's per-tensor
+//! M_1 is the set SIFT's per-tensor selection takes from the same first batch; the top-x% curve
+//! uses ⌈x·n⌉ as SPEC defines it (the two differ by at most one component).
+//!
 //! Units: every chosen tensor on its own; [`ALL`], the concatenation of all chosen tensors (one
 //! global top-k); and for the masks [`ALL_PER_TENSOR`], each tensor with its own top-x% mask,
 //! pooled (SIFT's default per-tensor selection): r = √(Σ_W ‖g_W[M_W]‖²) / √(Σ_W ‖g_W‖²).
@@ -551,7 +555,7 @@ impl Accumulator {
         let mut per_tensor = MaskSums::default();
         for (u, g) in vectors.iter().enumerate() {
             let curve = math::topx_curve(g, &self.grid);
-            let own = math::top_k_indices(g, math::top_count(g.len(), self.top_percent));
+            let own = math::top_k_indices(g, math::mask_count(g.len(), self.top_percent));
             let moments = Moments::of(g);
             if is_first {
                 self.first.push(FirstBatch {

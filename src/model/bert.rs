@@ -155,8 +155,9 @@ fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
     }
 }
 
-fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+fn activate(x: &Tensor, act: Activation, mode: Mode) -> Result<Tensor> {
     match act {
+        Activation::GeluErf if mode == Mode::Training => super::fused::gelu_erf(x),
         Activation::GeluErf => x.gelu_erf(),
         Activation::GeluTanh => x.gelu(),
         Activation::Relu => x.relu(),
@@ -285,7 +286,11 @@ impl Layer {
         let attended = self
             .attention_norm
             .forward(&(self.attention_output.forward(&context)? + x)?, mode)?;
-        let inner = activate(&self.intermediate.forward(&attended)?, self.activation)?;
+        let inner = activate(
+            &self.intermediate.forward(&attended)?,
+            self.activation,
+            mode,
+        )?;
         self.output_norm
             .forward(&(self.output.forward(&inner)? + attended)?, mode)
     }

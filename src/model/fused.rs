@@ -30,7 +30,9 @@ impl Float for f64 {
 }
 
 fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("fused op: input must be contiguous".into()))?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fused op: input must be contiguous".into()))?;
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
@@ -48,7 +50,11 @@ fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) ->
 
 /// `(x − mean) / sqrt(var + eps) · γ + β` over the last dimension, with gradients for x, γ, β.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3_arc(gamma, beta, std::sync::Arc::new(Box::new(LayerNorm { eps })))
+    x.contiguous()?.apply_op3_arc(
+        gamma,
+        beta,
+        std::sync::Arc::new(Box::new(LayerNorm { eps })),
+    )
 }
 
 struct LayerNorm {
@@ -73,21 +79,24 @@ impl LayerNorm {
     fn backward<T: Float>(&self, x: &[T], gamma: &[T], grad: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
         let h = gamma.len();
         let mut dx = vec![T::zero(); x.len()];
-        dx.par_chunks_mut(h).zip(x.par_chunks(h)).zip(grad.par_chunks(h)).for_each(|((dx, x), g)| {
-            let (mean, rstd) = moments(x, self.eps);
-            let (mut mean_d, mut mean_dx) = (0.0, 0.0);
-            for i in 0..h {
-                let d = g[i].g() * gamma[i].g();
-                mean_d += d;
-                mean_dx += d * (x[i].g() - mean) * rstd;
-            }
-            mean_d /= h as f64;
-            mean_dx /= h as f64;
-            for i in 0..h {
-                let xhat = (x[i].g() - mean) * rstd;
-                dx[i] = T::f(rstd * (g[i].g() * gamma[i].g() - mean_d - xhat * mean_dx));
-            }
-        });
+        dx.par_chunks_mut(h)
+            .zip(x.par_chunks(h))
+            .zip(grad.par_chunks(h))
+            .for_each(|((dx, x), g)| {
+                let (mean, rstd) = moments(x, self.eps);
+                let (mut mean_d, mut mean_dx) = (0.0, 0.0);
+                for i in 0..h {
+                    let d = g[i].g() * gamma[i].g();
+                    mean_d += d;
+                    mean_dx += d * (x[i].g() - mean) * rstd;
+                }
+                mean_d /= h as f64;
+                mean_dx /= h as f64;
+                for i in 0..h {
+                    let xhat = (x[i].g() - mean) * rstd;
+                    dx[i] = T::f(rstd * (g[i].g() * gamma[i].g() - mean_d - xhat * mean_dx));
+                }
+            });
         let (dgamma, dbeta) = x
             .par_chunks(h * 64)
             .zip(grad.par_chunks(h * 64))
@@ -110,7 +119,11 @@ impl LayerNorm {
                     (ga, ba)
                 },
             );
-        (dx, dgamma.into_iter().map(T::f).collect(), dbeta.into_iter().map(T::f).collect())
+        (
+            dx,
+            dgamma.into_iter().map(T::f).collect(),
+            dbeta.into_iter().map(T::f).collect(),
+        )
     }
 }
 
@@ -127,16 +140,35 @@ impl CustomOp3 for LayerNorm {
         "layer-norm"
     }
 
-    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, g: &CpuStorage, gl: &Layout, b: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let y = match x {
-            CpuStorage::F32(_) => CpuStorage::F32(self.forward(slice::<f32>(x, xl)?, slice(g, gl)?, slice(b, bl)?)),
-            CpuStorage::F64(_) => CpuStorage::F64(self.forward(slice::<f64>(x, xl)?, slice(g, gl)?, slice(b, bl)?)),
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(self.forward(slice::<f32>(x, xl)?, slice(g, gl)?, slice(b, bl)?))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(self.forward(slice::<f64>(x, xl)?, slice(g, gl)?, slice(b, bl)?))
+            }
             _ => candle_core::bail!("layer-norm: only f32 and f64"),
         };
         Ok((y, xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         macro_rules! run {
             ($t:ty) => {
                 with_slice::<$t, _>(x, |xs| {
@@ -166,7 +198,8 @@ impl CustomOp3 for LayerNorm {
 
 /// Softmax over the last dimension, with its gradient `dx = y ⊙ (δ − Σ δ⊙y)`.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(SoftmaxLastDim)))
+    x.contiguous()?
+        .apply_op1_arc(std::sync::Arc::new(Box::new(SoftmaxLastDim)))
 }
 
 struct SoftmaxLastDim;
@@ -190,12 +223,15 @@ fn softmax_rows<T: Float>(x: &[T], n: usize) -> Vec<T> {
 
 fn softmax_grad<T: Float>(y: &[T], grad: &[T], n: usize) -> Vec<T> {
     let mut dx = vec![T::zero(); y.len()];
-    dx.par_chunks_mut(n).zip(y.par_chunks(n)).zip(grad.par_chunks(n)).for_each(|((dx, y), g)| {
-        let dot: f64 = y.iter().zip(g).map(|(a, b)| a.g() * b.g()).sum();
-        for i in 0..n {
-            dx[i] = T::f(y[i].g() * (g[i].g() - dot));
-        }
-    });
+    dx.par_chunks_mut(n)
+        .zip(y.par_chunks(n))
+        .zip(grad.par_chunks(n))
+        .for_each(|((dx, y), g)| {
+            let dot: f64 = y.iter().zip(g).map(|(a, b)| a.g() * b.g()).sum();
+            for i in 0..n {
+                dx[i] = T::f(y[i].g() * (g[i].g() - dot));
+            }
+        });
     dx
 }
 
@@ -217,9 +253,92 @@ impl CustomOp1 for SoftmaxLastDim {
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let n = res.dims().last().copied().unwrap_or(1);
         let dx = match res.dtype() {
-            candle_core::DType::F32 => with_slice::<f32, _>(res, |y| with_slice::<f32, _>(grad, |g| Tensor::from_vec(softmax_grad(y, g, n), res.shape(), res.device())))?,
-            candle_core::DType::F64 => with_slice::<f64, _>(res, |y| with_slice::<f64, _>(grad, |g| Tensor::from_vec(softmax_grad(y, g, n), res.shape(), res.device())))?,
+            candle_core::DType::F32 => with_slice::<f32, _>(res, |y| {
+                with_slice::<f32, _>(grad, |g| {
+                    Tensor::from_vec(softmax_grad(y, g, n), res.shape(), res.device())
+                })
+            })?,
+            candle_core::DType::F64 => with_slice::<f64, _>(res, |y| {
+                with_slice::<f64, _>(grad, |g| {
+                    Tensor::from_vec(softmax_grad(y, g, n), res.shape(), res.device())
+                })
+            })?,
             d => candle_core::bail!("softmax-last-dim: unsupported dtype {d:?}"),
+        };
+        Ok(Some(dx))
+    }
+}
+
+// ---------------------------------------------------------------- GELU (erf)
+
+/// GELU with the exact normal CDF, `x·Φ(x)`, with gradient `Φ(x) + x·φ(x)` in one pass each way
+/// (candle's own backward for `gelu_erf` takes a dozen full-size passes).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op1_arc(std::sync::Arc::new(Box::new(GeluErf)))
+}
+
+struct GeluErf;
+
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))
+}
+
+fn gelu_rows<T: Float>(x: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(y, x)| {
+            for (y, x) in y.iter_mut().zip(x) {
+                let v = x.g();
+                *y = T::f(v * normal_cdf(v));
+            }
+        });
+    y
+}
+
+fn gelu_grad<T: Float>(x: &[T], grad: &[T]) -> Vec<T> {
+    const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+    let mut dx = vec![T::zero(); x.len()];
+    dx.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .zip(grad.par_chunks(4096))
+        .for_each(|((dx, x), g)| {
+            for ((dx, x), g) in dx.iter_mut().zip(x).zip(g) {
+                let v = x.g();
+                *dx = T::f(g.g() * (normal_cdf(v) + v * INV_SQRT_2PI * (-0.5 * v * v).exp()));
+            }
+        });
+    dx
+}
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = match x {
+            CpuStorage::F32(_) => CpuStorage::F32(gelu_rows(slice::<f32>(x, layout)?)),
+            CpuStorage::F64(_) => CpuStorage::F64(gelu_rows(slice::<f64>(x, layout)?)),
+            _ => candle_core::bail!("gelu-erf: only f32 and f64"),
+        };
+        Ok((y, layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dx = match x.dtype() {
+            candle_core::DType::F32 => with_slice::<f32, _>(x, |xs| {
+                with_slice::<f32, _>(grad, |g| {
+                    Tensor::from_vec(gelu_grad(xs, g), x.shape(), x.device())
+                })
+            })?,
+            candle_core::DType::F64 => with_slice::<f64, _>(x, |xs| {
+                with_slice::<f64, _>(grad, |g| {
+                    Tensor::from_vec(gelu_grad(xs, g), x.shape(), x.device())
+                })
+            })?,
+            d => candle_core::bail!("gelu-erf: unsupported dtype {d:?}"),
         };
         Ok(Some(dx))
     }
