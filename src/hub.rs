@@ -94,35 +94,10 @@ fn not_installed_message(repo_id: &str, cache: &Cache) -> String {
 
 fn resolve_cached(cache: &Cache, repo: &Repo, name: &str) -> Result<ModelFiles> {
     let cached = cache.repo(repo.clone());
-    let config = cached
-        .get("config.json")
-        .with_context(|| format!("{}: config.json is not cached", repo.url()))?;
-    let weights = match cached.get("model.safetensors") {
-        Some(path) => vec![path],
-        None => {
-            let index = cached
-                .get("model.safetensors.index.json")
-                .context("neither model.safetensors nor model.safetensors.index.json is cached")?;
-            shard_names(&index)?
-                .iter()
-                .map(|shard| {
-                    cached
-                        .get(shard)
-                        .with_context(|| format!("shard {shard} is not cached"))
-                })
-                .collect::<Result<_>>()?
-        }
-    };
-    let revision = config
-        .parent()
-        .and_then(|p| p.file_name())
-        .map(|r| r.to_string_lossy().into_owned());
-    Ok(ModelFiles {
-        name: name.to_string(),
-        revision,
-        config,
-        weights,
-        tokenizer: cached.get("tokenizer.json"),
+    resolve_files(name, |file| {
+        cached
+            .get(file)
+            .with_context(|| format!("{}: {file} is not cached", repo.url()))
     })
 }
 
@@ -131,18 +106,25 @@ fn resolve_online(cache: &Cache, repo: &Repo, name: &str) -> Result<ModelFiles> 
         .build()
         .context("cannot start the Hub client")?;
     let remote = api.repo(repo.clone());
-    let config = remote.get("config.json")?;
-    let weights = match remote.get("model.safetensors") {
+    resolve_files(name, |file| Ok(remote.get(file)?))
+}
+
+/// The files of a Hub snapshot, fetched one by one with `get` (from the cache or the Hub).
+fn resolve_files(name: &str, get: impl Fn(&str) -> Result<PathBuf>) -> Result<ModelFiles> {
+    let config = get("config.json")?;
+    let weights = match get("model.safetensors") {
         Ok(path) => vec![path],
-        Err(_) => {
-            let index = remote.get("model.safetensors.index.json")?;
+        Err(single) => {
+            let index = get("model.safetensors.index.json").map_err(|_| {
+                single.context("no model.safetensors or model.safetensors.index.json")
+            })?;
             shard_names(&index)?
                 .iter()
-                .map(|shard| remote.get(shard).map_err(anyhow::Error::from))
+                .map(|shard| get(shard))
                 .collect::<Result<_>>()?
         }
     };
-    let tokenizer = remote.get("tokenizer.json").ok();
+    // Snapshots live in snapshots/REVISION/.
     let revision = config
         .parent()
         .and_then(|p| p.file_name())
@@ -152,7 +134,7 @@ fn resolve_online(cache: &Cache, repo: &Repo, name: &str) -> Result<ModelFiles> 
         revision,
         config,
         weights,
-        tokenizer,
+        tokenizer: get("tokenizer.json").ok(),
     })
 }
 

@@ -600,8 +600,15 @@ impl Accumulator {
             .filter(|r| r.tensor == tensor && r.batch > 1)
             .map(|r| &r.ratios)
             .collect();
-        let mean =
-            |f: fn(&MaskRatios) -> f64| rows.iter().map(|r| f(r)).sum::<f64>() / rows.len() as f64;
+        // Undefined ratios (an all-zero gradient) are left out.
+        let mean = |f: fn(&MaskRatios) -> f64| {
+            let values: Vec<f64> = rows
+                .iter()
+                .map(|r| f(r))
+                .filter(|v| v.is_finite())
+                .collect();
+            values.iter().sum::<f64>() / values.len() as f64
+        };
         MaskRatios {
             r_first: mean(|r| r.r_first),
             r_own: mean(|r| r.r_own),
@@ -611,7 +618,7 @@ impl Accumulator {
 
     fn headline(&self, model: &str, tensor: &str) -> Headline {
         let mean = self.mean_ratios(tensor);
-        // ALL_PER_TENSOR has no curve of its own: report the global one's ratios there as NaN.
+        // ALL_PER_TENSOR has no curve of its own: its curve numbers are None.
         let (r1, s1, rm) = match self.units.iter().position(|u| u == tensor) {
             Some(u) => {
                 let j = self.grid_index(self.top_percent);

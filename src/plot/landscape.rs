@@ -218,6 +218,21 @@ fn color(v: f64, lo: f64, hi: f64) -> RGBColor {
     ViridisRGB::get_color_normalized(v.clamp(lo, hi), lo, hi)
 }
 
+/// A tick label with as many decimals as the axis span needs, and no "-0.0".
+fn fmt_tick(v: f64, span: f64) -> String {
+    let decimals = (1.0 - span.abs().max(1e-12).log10().floor()).clamp(0.0, 6.0) as usize;
+    let text = format!("{v:.decimals$}");
+    if text
+        .trim_start_matches('-')
+        .chars()
+        .all(|c| c == '0' || c == '.')
+    {
+        text.trim_start_matches('-').to_string()
+    } else {
+        text
+    }
+}
+
 fn fmt_value(v: f64) -> String {
     let a = v.abs();
     if a != 0.0 && !(1e-3..1e4).contains(&a) {
@@ -279,6 +294,7 @@ impl Figure for Line1d {
             .configure_mesh()
             .x_desc(&self.texts.alpha_label)
             .y_desc(&self.texts.loss_label)
+            .x_label_formatter(&|v| fmt_tick(*v, a1 - a0))
             .label_style((FONT, 15))
             .axis_desc_style((FONT, 17))
             .light_line_style(BLACK.mix(0.05))
@@ -454,6 +470,8 @@ impl Figure for Heatmap2d {
             .disable_mesh()
             .x_desc(&self.texts.alpha_label)
             .y_desc(&self.texts.beta_label)
+            .x_label_formatter(&|v| fmt_tick(*v, x1 - x0))
+            .y_label_formatter(&|v| fmt_tick(*v, y1 - y0))
             .label_style((FONT, 15))
             .axis_desc_style((FONT, 17))
             .draw()
@@ -484,6 +502,11 @@ impl Figure for Heatmap2d {
                     EmptyElement::at((m.alpha, m.beta))
                         + Circle::new((0, 0), 7, RED.filled())
                         + Circle::new((0, 0), 7, WHITE.stroke_width(2))
+                        + Text::new(
+                            m.label.clone(),
+                            (11, -21),
+                            (FONT, 17).into_font().color(&BLACK),
+                        )
                         + Text::new(
                             m.label.clone(),
                             (10, -22),
@@ -570,8 +593,8 @@ impl Figure for Surface3d {
             .label_style((FONT, 13))
             .light_grid_style(BLACK.mix(0.08))
             .max_light_lines(3)
-            .x_formatter(&|v| format!("{v:.1}"))
-            .z_formatter(&|v| format!("{v:.1}"))
+            .x_formatter(&|v| fmt_tick(*v, a1 - a0))
+            .z_formatter(&|v| fmt_tick(*v, b1 - b0))
             .y_formatter(&|v| fmt_value(*v))
             .draw()
             .map_err(drawing_err)?;
@@ -589,30 +612,34 @@ impl Figure for Surface3d {
                     .map(|&(i, j)| (self.alphas[i], value(i, j), self.betas[j]))
                     .collect();
                 let mean = corners.iter().map(|&(i, j)| value(i, j)).sum::<f64>() / 4.0;
-                // Depth: with this yaw the far corner is high α and high β.
+                // Nearness: with this view the far corner is (lowest α, lowest β).
                 let depth = (self.alphas[i] - a0) / (a1 - a0).max(1e-12)
                     + (self.betas[j] - b0) / (b1 - b0).max(1e-12);
                 quads.push((depth, pts, mean));
             }
         }
-        quads.sort_by(|a, b| b.0.total_cmp(&a.0));
-        chart
-            .draw_series(
-                quads.into_iter().map(|(_, pts, mean)| {
-                    Polygon::new(pts, color(mean, lo, hi).mix(0.95).filled())
-                }),
-            )
-            .map_err(drawing_err)?;
-        let axis_font = (FONT, 18).into_font();
+        quads.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Each quad filled, then outlined (a wire mesh that shows the shape).
+        for (_, pts, mean) in quads {
+            let mut outline = pts.clone();
+            outline.push(pts[0]);
+            chart
+                .draw_series([
+                    Polygon::new(pts, color(mean, lo, hi).filled()).into_dyn(),
+                    PathElement::new(outline, BLACK.mix(0.35).stroke_width(1)).into_dyn(),
+                ])
+                .map_err(drawing_err)?;
+        }
+        let axis_font = (FONT, 20).into_font();
         chart
             .draw_series(
                 [
-                    ("α", (a1, lo, b0)),
-                    ("β", (a0, lo, b1)),
-                    ("loss", (a0, hi, b0)),
+                    ("α", ((a0 + a1) / 2.0, lo, b1), (-45, 25)),
+                    ("β", (a1, lo, (b0 + b1) / 2.0), (35, 15)),
+                    ("loss", (a0, hi, b1), (-20, -30)),
                 ]
-                .map(|(label, at)| {
-                    EmptyElement::at(at) + Text::new(label.to_string(), (8, 0), axis_font.clone())
+                .map(|(label, at, offset)| {
+                    EmptyElement::at(at) + Text::new(label.to_string(), offset, axis_font.clone())
                 }),
             )
             .map_err(drawing_err)?;
@@ -786,6 +813,14 @@ mod tests {
         let got = contour_segments(&xs, &ys, &z, 0.6);
         let want = [((0.0, 0.4), (0.4, 0.0)), ((1.0, 0.6), (0.6, 1.0))];
         assert!(close(&got, &want), "{got:?}");
+    }
+
+    #[test]
+    fn tick_labels_fit_the_span_and_never_read_minus_zero() {
+        assert_eq!(fmt_tick(-1e-17, 2.0), "0.0");
+        assert_eq!(fmt_tick(-0.5, 2.0), "-0.5");
+        assert_eq!(fmt_tick(0.25, 0.5), "0.25");
+        assert_eq!(fmt_tick(20.0, 40.0), "20");
     }
 
     #[test]
