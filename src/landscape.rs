@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -962,7 +963,7 @@ pub fn rows_frame(config: &LandscapeConfig, rows: &[Row]) -> Result<DataFrame> {
     let n = rows.len();
     let metric_name = config
         .task()
-        .map(|t| metrics::primary_metric(t))
+        .map(metrics::primary_metric)
         .unwrap_or("metric");
     let u32s = |f: &dyn Fn(&Row) -> usize| rows.iter().map(|r| f(r) as u32).collect::<Vec<u32>>();
     let f64s = |f: &dyn Fn(&Row) -> f64| rows.iter().map(|r| f(r)).collect::<Vec<f64>>();
@@ -1201,6 +1202,10 @@ pub fn run(config: &LandscapeConfig, options: &RunOptions) -> Result<RunReport> 
         // waiting inside a lock can steal the next grid point and deadlock on that lock.
         let shard = options.shard;
         let (path_ref, config_ref, bar_ref) = (&path, &config, &bar);
+        // Without a terminal (a batch job's log) the bar is hidden: print one line per point.
+        let log_lines = options.progress && !std::io::stderr().is_terminal();
+        let (total, started) = (todo.len(), Instant::now());
+        let metric_name = metrics::primary_metric(config.task()?);
         let (result, written) = std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<Row>();
             let writer = scope.spawn(move || -> Result<(Vec<Row>, usize)> {
@@ -1211,6 +1216,21 @@ pub fn run(config: &LandscapeConfig, options: &RunOptions) -> Result<RunReport> 
                     n += 1;
                     write_rows(path_ref, config_ref, shard, &rows)?;
                     bar_ref.inc(1);
+                    if log_lines {
+                        let r = rows.last().unwrap();
+                        let per = started.elapsed().as_secs_f64() / n as f64;
+                        eprintln!(
+                            "[{n}/{total}] point {} α = {:.4} β = {:.4}: loss {:.5}, {metric_name} {:.4} \
+                             ({:.1} s; ETA {:.0} min)",
+                            r.point,
+                            r.alpha,
+                            r.beta,
+                            r.loss,
+                            r.metric,
+                            r.seconds,
+                            per * (total - n) as f64 / 60.0
+                        );
+                    }
                 }
                 Ok((rows, n))
             });

@@ -76,7 +76,7 @@ pub fn contour_segments(xs: &[f64], ys: &[f64], z: &[Vec<f64>], level: f64) -> V
 
 /// `n` contour levels evenly spaced strictly inside (lo, hi).
 pub fn contour_levels(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    if !(hi > lo) || n == 0 {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) || n == 0 {
         return Vec::new();
     }
     (1..=n)
@@ -551,6 +551,9 @@ impl Figure for Heatmap2d {
     }
 }
 
+/// One cell of the 3-D surface: nearness (for drawing order), corners (α, loss, β), mean loss.
+type Quad = (f64, Vec<(f64, f64, f64)>, f64);
+
 /// The loss surface over (α, β) in 3-D, coloured like the heatmap.
 pub struct Surface3d {
     pub texts: Texts,
@@ -600,7 +603,7 @@ impl Figure for Surface3d {
             .map_err(drawing_err)?;
         // Quads drawn back to front (painter's algorithm) in the projected view.
         let value = |i: usize, j: usize| self.z[j][i];
-        let mut quads: Vec<(f64, Vec<(f64, f64, f64)>, f64)> = Vec::new();
+        let mut quads: Vec<Quad> = Vec::new();
         for j in 0..self.betas.len().saturating_sub(1) {
             for i in 0..self.alphas.len().saturating_sub(1) {
                 let corners = [(i, j), (i + 1, j), (i + 1, j + 1), (i, j + 1)];
