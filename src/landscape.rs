@@ -530,6 +530,146 @@ pub struct RunReport {
     pub interrupted: bool,
     pub seconds: f64,
     pub figures: Vec<PathBuf>,
+    /// Loss around θ0 and θ1 (complete grids only).
+    pub neighbourhoods: Vec<Neighbourhood>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summary: how much the loss moves around θ0 and θ1
+// ---------------------------------------------------------------------------------------------
+
+/// Half-width (in α and β) of the window [`neighbourhoods`] looks at.
+pub const NEIGHBOURHOOD: f64 = 0.25;
+
+/// The loss in the square window |α − α_m| ≤ w, |β − β_m| ≤ w around a marked point.
+#[derive(Debug, Clone, Serialize)]
+pub struct Neighbourhood {
+    pub label: String,
+    pub alpha: f64,
+    pub beta: f64,
+    pub half_width: f64,
+    pub points: usize,
+    /// Loss at the point itself (NaN when it is not on the grid).
+    pub loss_at: f64,
+    pub loss_min: f64,
+    pub loss_max: f64,
+    pub loss_range: f64,
+    /// Mean |Δ loss| between neighbouring grid points inside the window: how rough it is.
+    pub mean_abs_step: f64,
+    pub metric_min: f64,
+    pub metric_max: f64,
+}
+
+impl fmt::Display for Neighbourhood {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ±{} ({} points): loss {:.5} at the point, {:.5}–{:.5} (range {:.5}), mean |step| {:.5}; metric {:.4}–{:.4}",
+            self.label,
+            self.half_width,
+            self.points,
+            self.loss_at,
+            self.loss_min,
+            self.loss_max,
+            self.loss_range,
+            self.mean_abs_step,
+            self.metric_min,
+            self.metric_max
+        )
+    }
+}
+
+/// Loss statistics around each marked point (θ0 and θ1, or A and B) of a grid.
+pub fn neighbourhoods(
+    config: &LandscapeConfig,
+    rows: &[Row],
+    half_width: f64,
+) -> Vec<Neighbourhood> {
+    let near = |a: f64, b: f64| a >= b - half_width - 1e-9 && a <= b + half_width + 1e-9;
+    let by_index: BTreeMap<(usize, usize), &Row> = rows
+        .iter()
+        .map(|r| ((r.alpha_index, r.beta_index), r))
+        .collect();
+    crate::plot::landscape::markers(config)
+        .into_iter()
+        .map(|m| {
+            let inside: Vec<&Row> = rows
+                .iter()
+                .filter(|r| near(r.alpha, m.alpha) && near(r.beta, m.beta))
+                .collect();
+            let fold = |f: &dyn Fn(&Row) -> f64| {
+                inside
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+                        (lo.min(f(r)), hi.max(f(r)))
+                    })
+            };
+            let (loss_min, loss_max) = fold(&|r| r.loss);
+            let (metric_min, metric_max) = fold(&|r| r.metric);
+            let mut steps = Vec::new();
+            for r in &inside {
+                for key in [
+                    (r.alpha_index + 1, r.beta_index),
+                    (r.alpha_index, r.beta_index + 1),
+                ] {
+                    if let Some(n) = by_index.get(&key) {
+                        if near(n.alpha, m.alpha) && near(n.beta, m.beta) {
+                            steps.push((n.loss - r.loss).abs());
+                        }
+                    }
+                }
+            }
+            let loss_at = rows
+                .iter()
+                .find(|r| r.alpha == m.alpha && r.beta == m.beta)
+                .map_or(f64::NAN, |r| r.loss);
+            Neighbourhood {
+                label: m.label,
+                alpha: m.alpha,
+                beta: m.beta,
+                half_width,
+                points: inside.len(),
+                loss_at,
+                loss_min,
+                loss_max,
+                loss_range: loss_max - loss_min,
+                mean_abs_step: if steps.is_empty() {
+                    f64::NAN
+                } else {
+                    steps.iter().sum::<f64>() / steps.len() as f64
+                },
+                metric_min,
+                metric_max,
+            }
+        })
+        .collect()
+}
+
+/// Writes `dir/summary.json`: the configuration, the loss range over the grid and around θ0
+/// and θ1 ([`neighbourhoods`]).
+pub fn write_summary(
+    dir: &Path,
+    config: &LandscapeConfig,
+    rows: &[Row],
+) -> Result<Vec<Neighbourhood>> {
+    let hoods = neighbourhoods(config, rows, NEIGHBOURHOOD);
+    let (lo, hi) = rows
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+            (lo.min(r.loss), hi.max(r.loss))
+        });
+    let json = serde_json::json!({
+        "config": config,
+        "points": rows.len(),
+        "loss_min": lo,
+        "loss_max": hi,
+        "neighbourhoods": hoods,
+    });
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(hoods)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1271,9 +1411,13 @@ pub fn run(config: &LandscapeConfig, options: &RunOptions) -> Result<RunReport> 
         write_rows(&path, &config, options.shard, &rows)?;
     }
     let mut figures = Vec::new();
-    if complete && options.shard.is_whole() && options.plot {
-        let dir = options.figures_dir.clone().unwrap_or(options.out.clone());
-        figures = crate::plot::landscape::draw_all(&config, &rows, &dir)?;
+    let mut hoods = Vec::new();
+    if complete && options.shard.is_whole() {
+        hoods = write_summary(&options.out, &config, &rows)?;
+        if options.plot {
+            let dir = options.figures_dir.clone().unwrap_or(options.out.clone());
+            figures = crate::plot::landscape::draw_all(&config, &rows, &dir)?;
+        }
     }
     Ok(RunReport {
         file: path,
@@ -1286,11 +1430,16 @@ pub fn run(config: &LandscapeConfig, options: &RunOptions) -> Result<RunReport> 
         interrupted,
         seconds: start.elapsed().as_secs_f64(),
         figures,
+        neighbourhoods: hoods,
     })
 }
 
-/// `--plot-only`: redraws the figures of `dir`'s landscape.parquet into `figures_dir` (or dir).
-pub fn plot_only(dir: &Path, figures_dir: Option<&Path>) -> Result<Vec<PathBuf>> {
+/// `--plot-only`: redraws the figures of `dir`'s landscape.parquet into `figures_dir` (or dir)
+/// and rewrites `dir/summary.json`.
+pub fn plot_only(
+    dir: &Path,
+    figures_dir: Option<&Path>,
+) -> Result<(Vec<PathBuf>, Vec<Neighbourhood>)> {
     let path = dir.join(RESULT_FILE);
     ensure!(
         path.is_file(),
@@ -1305,7 +1454,10 @@ pub fn plot_only(dir: &Path, figures_dir: Option<&Path>) -> Result<Vec<PathBuf>>
         path.display(),
         file.config.num_points()
     );
-    crate::plot::landscape::draw_all(&file.config, &file.rows, figures_dir.unwrap_or(dir))
+    let hoods = write_summary(dir, &file.config, &file.rows)?;
+    let figures =
+        crate::plot::landscape::draw_all(&file.config, &file.rows, figures_dir.unwrap_or(dir))?;
+    Ok((figures, hoods))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1319,6 +1471,7 @@ pub struct MergeReport {
     pub points: usize,
     pub grid_points: usize,
     pub figures: Vec<PathBuf>,
+    pub neighbourhoods: Vec<Neighbourhood>,
 }
 
 /// The shard files in a directory (landscape.shard-*.parquet), sorted.
@@ -1430,6 +1583,11 @@ pub fn merge(
         path.display()
     );
     write_rows(&path, &config, Shard::WHOLE, &rows)?;
+    let neighbourhoods = if missing.is_empty() {
+        write_summary(out, &config, &rows)?
+    } else {
+        Vec::new()
+    };
     let figures = if plot && missing.is_empty() {
         crate::plot::landscape::draw_all(&config, &rows, figures_dir.unwrap_or(out))?
     } else {
@@ -1441,6 +1599,7 @@ pub fn merge(
         points: rows.len(),
         grid_points: total,
         figures,
+        neighbourhoods,
     })
 }
 

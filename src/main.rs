@@ -492,8 +492,12 @@ fn main() -> Result<()> {
         }
         Command::Landscape(args) => {
             if args.plot_only {
-                for path in landscape::plot_only(&args.out, args.figures_dir.as_deref())? {
+                let (figures, hoods) = landscape::plot_only(&args.out, args.figures_dir.as_deref())?;
+                for path in figures {
                     eprintln!("wrote {}", path.display());
+                }
+                for hood in hoods {
+                    println!("{hood}");
                 }
                 return Ok(());
             }
@@ -559,6 +563,9 @@ fn main() -> Result<()> {
                 for path in &report.figures {
                     println!("wrote {}", path.display());
                 }
+                for hood in &report.neighbourhoods {
+                    println!("{hood}");
+                }
             }
             if report.interrupted {
                 eprintln!("interrupted: the finished points are saved; rerun with --resume to compute the rest");
@@ -582,6 +589,9 @@ fn main() -> Result<()> {
             );
             for path in &report.figures {
                 println!("wrote {}", path.display());
+            }
+            for hood in &report.neighbourhoods {
+                println!("{hood}");
             }
         }
         Command::Run { .. } => unreachable!("replaced by the config's command above"),
