@@ -492,7 +492,8 @@ fn main() -> Result<()> {
         }
         Command::Landscape(args) => {
             if args.plot_only {
-                let (figures, hoods) = landscape::plot_only(&args.out, args.figures_dir.as_deref())?;
+                let (figures, hoods) =
+                    landscape::plot_only(&args.out, args.figures_dir.as_deref())?;
                 for path in figures {
                     eprintln!("wrote {}", path.display());
                 }

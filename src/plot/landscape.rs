@@ -176,7 +176,7 @@ pub fn texts(config: &LandscapeConfig, n_examples: usize, two_d: bool) -> Texts 
         alpha_label: alpha_label.to_string(),
         beta_label: beta_label.to_string(),
         loss_label: loss_label.to_string(),
-        metric_label: format!("{metric_label} (right axis)"),
+        metric_label: format!("{metric_label} (orange, dashed)"),
     }
 }
 
@@ -218,6 +218,14 @@ fn color(v: f64, lo: f64, hi: f64) -> RGBColor {
     ViridisRGB::get_color_normalized(v.clamp(lo, hi), lo, hi)
 }
 
+const LOSS_COLOR: RGBColor = RGBColor(31, 119, 180);
+const METRIC_COLOR: RGBColor = RGBColor(210, 100, 0);
+
+/// An axis title in `color`.
+fn desc(color: &'static RGBColor) -> TextStyle<'static> {
+    TextStyle::from((FONT, 17).into_font()).color(color)
+}
+
 /// A tick label with as many decimals as the axis span needs, and no "-0.0".
 fn fmt_tick(v: f64, span: f64) -> String {
     let decimals = (1.0 - span.abs().max(1e-12).log10().floor()).clamp(0.0, 6.0) as usize;
@@ -257,6 +265,8 @@ pub struct Line1d {
     pub loss: Vec<f64>,
     pub metric: Vec<f64>,
     pub markers: Vec<Marker>,
+    /// A horizontal reference loss, e.g. ln(classes): the loss of a uniform prediction.
+    pub reference: Option<(f64, String)>,
 }
 
 impl Figure for Line1d {
@@ -280,8 +290,11 @@ impl Figure for Line1d {
         } else {
             (a0 - 0.5, a0 + 0.5)
         };
-        let (lo, hi) = padded_range(self.loss.iter().copied(), 0.08);
+        let reference = self.reference.iter().map(|r| r.0);
+        let (lo, hi) = padded_range(self.loss.iter().copied().chain(reference), 0.08);
         let (mlo, mhi) = padded_range(self.metric.iter().copied(), 0.08);
+        let (loss_color, metric_color) = (LOSS_COLOR, METRIC_COLOR);
+        let loss_desc = format!("{} (blue, solid)", self.texts.loss_label);
         let mut chart = ChartBuilder::on(&root)
             .margin(18)
             .x_label_area_size(60)
@@ -293,23 +306,50 @@ impl Figure for Line1d {
         chart
             .configure_mesh()
             .x_desc(&self.texts.alpha_label)
-            .y_desc(&self.texts.loss_label)
             .x_label_formatter(&|v| fmt_tick(*v, a1 - a0))
             .label_style((FONT, 15))
             .axis_desc_style((FONT, 17))
             .light_line_style(BLACK.mix(0.05))
             .bold_line_style(BLACK.mix(0.12))
-            .y_label_formatter(&|v| fmt_value(*v))
+            .y_label_formatter(&|v| fmt_tick(*v, hi - lo))
+            .draw()
+            .map_err(drawing_err)?;
+        // The loss axis title in the loss colour (a second pass: one style covers both titles).
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_labels(0)
+            .y_desc(&loss_desc)
+            .axis_desc_style(desc(&LOSS_COLOR))
             .draw()
             .map_err(drawing_err)?;
         chart
             .configure_secondary_axes()
             .y_desc(&self.texts.metric_label)
             .label_style((FONT, 15))
-            .axis_desc_style((FONT, 17))
-            .y_label_formatter(&|v| format!("{v:.2}"))
+            .axis_desc_style(desc(&METRIC_COLOR))
+            .y_label_formatter(&|v| fmt_tick(*v, mhi - mlo))
             .draw()
             .map_err(drawing_err)?;
+        if let Some((value, label)) = &self.reference {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(a0, *value), (a1, *value)],
+                    3,
+                    4,
+                    loss_color.mix(0.7).stroke_width(1),
+                ))
+                .map_err(drawing_err)?;
+            let style = TextStyle::from((FONT, 14).into_font())
+                .color(&loss_color)
+                .pos(Pos::new(HPos::Left, VPos::Bottom));
+            chart
+                .draw_series(std::iter::once(
+                    EmptyElement::at((a0, *value)) + Text::new(label.clone(), (6, -3), style),
+                ))
+                .map_err(drawing_err)?;
+        }
         for m in &self.markers {
             if m.alpha < a0 || m.alpha > a1 {
                 continue;
@@ -336,8 +376,6 @@ impl Figure for Line1d {
                 ))
                 .map_err(drawing_err)?;
         }
-        let loss_color = RGBColor(31, 119, 180);
-        let metric_color = RGBColor(230, 120, 20);
         let pts = |ys: &[f64]| -> Vec<(f64, f64)> {
             self.alphas
                 .iter()
@@ -348,11 +386,7 @@ impl Figure for Line1d {
         };
         chart
             .draw_series(LineSeries::new(pts(&self.loss), loss_color.stroke_width(3)))
-            .map_err(drawing_err)?
-            .label(format!("{} (left axis)", self.texts.loss_label))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], loss_color.stroke_width(3))
-            });
+            .map_err(drawing_err)?;
         chart
             .draw_series(
                 pts(&self.loss)
@@ -367,11 +401,7 @@ impl Figure for Line1d {
                 4,
                 metric_color.stroke_width(2),
             ))
-            .map_err(drawing_err)?
-            .label(self.texts.metric_label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], metric_color.stroke_width(2))
-            });
+            .map_err(drawing_err)?;
         chart
             .draw_secondary_series(
                 pts(&self.metric)
@@ -379,14 +409,7 @@ impl Figure for Line1d {
                     .map(|p| TriangleMarker::new(p, 4, metric_color.filled())),
             )
             .map_err(drawing_err)?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.4))
-            .label_font((FONT, 15))
-            .draw()
-            .map_err(drawing_err)?;
+        // No legend box (it would hide part of a curve): the axis titles carry the colours.
         Ok(())
     }
 }
@@ -673,6 +696,17 @@ impl Figure for Surface3d {
 // All figures of a landscape
 // ---------------------------------------------------------------------------------------------
 
+/// ln(classes), the cross-entropy of a uniform prediction, for classification tasks.
+fn chance_loss(config: &LandscapeConfig) -> Option<(f64, String)> {
+    let classes = config.task().ok()?.num_labels();
+    (classes > 1).then(|| {
+        (
+            (classes as f64).ln(),
+            format!("ln {classes} = uniform prediction"),
+        )
+    })
+}
+
 /// The loss grid `z[j][i]` (NaN where a point is missing).
 fn grid(config: &LandscapeConfig, rows: &[Row], f: impl Fn(&Row) -> f64) -> Vec<Vec<f64>> {
     let (na, nb) = (config.alpha.count, config.betas().len());
@@ -710,6 +744,7 @@ pub fn draw_all(config: &LandscapeConfig, rows: &[Row], dir: &Path) -> Result<Ve
             loss: loss[j].clone(),
             metric: metric[j].clone(),
             markers: markers.clone(),
+            reference: chance_loss(config),
         };
         written.extend(super::save(&fig, &dir.join("landscape_1d"))?);
     }
