@@ -1818,6 +1818,40 @@ mod tests {
     }
 
     #[test]
+    fn neighbourhoods_measure_the_loss_around_theta0_and_theta1() {
+        let mut c = LandscapeConfig::new("rte", Path::new("."), 1);
+        c.alpha = Range::parse("-0.5:1.5:9").unwrap(); // step 0.25
+        let losses = [0.7, 0.6, 0.5, 0.6, 0.7, 1.0, 2.0, 1.0, 3.0];
+        let rows: Vec<Row> = c
+            .points()
+            .iter()
+            .map(|p| Row {
+                point: p.index,
+                alpha_index: p.alpha_index,
+                beta_index: p.beta_index,
+                alpha: p.alpha,
+                beta: p.beta,
+                loss: losses[p.index],
+                metric: 0.5,
+                metrics: BTreeMap::new(),
+                n_examples: 8,
+                seconds: 0.0,
+            })
+            .collect();
+        let hoods = neighbourhoods(&c, &rows, 0.25);
+        assert_eq!(hoods.len(), 2);
+        // θ0 at α = 0 (index 2): α = -0.25, 0, 0.25 → 0.6, 0.5, 0.6.
+        let t0 = &hoods[0];
+        assert_eq!((t0.points, t0.loss_at), (3, 0.5));
+        assert!((t0.loss_range - 0.1).abs() < 1e-12);
+        assert!((t0.mean_abs_step - 0.1).abs() < 1e-12);
+        // θ1 at α = 1 (index 6): 1.0, 2.0, 1.0 → range 1, mean |step| 1.
+        let t1 = &hoods[1];
+        assert_eq!((t1.points, t1.loss_at, t1.loss_range), (3, 2.0, 1.0));
+        assert!((t1.mean_abs_step - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
     fn config_differences_name_the_keys() {
         let a = LandscapeConfig::new("rte", Path::new("."), 1);
         let mut b = a.clone();

@@ -279,9 +279,9 @@ struct LandscapeArgs {
     /// Seed of θ0, of the task head (the same in θ0 and θ1) and of the random directions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output directory: landscape.parquet (or landscape.shard-I-of-N.parquet) and the figures.
-    #[arg(long)]
-    out: PathBuf,
+    /// Output directory: landscape.parquet (or landscape.shard-I-of-N.parquet), summary.json and the figures.
+    #[arg(long, required_unless_present = "benchmark")]
+    out: Option<PathBuf>,
     /// Compute only shard I of N (1-based): the grid points whose index mod N is I − 1. Join with `sift-lab merge`.
     #[arg(long)]
     shard: Option<String>,
@@ -492,8 +492,10 @@ fn main() -> Result<()> {
         }
         Command::Landscape(args) => {
             if args.plot_only {
-                let (figures, hoods) =
-                    landscape::plot_only(&args.out, args.figures_dir.as_deref())?;
+                let (figures, hoods) = landscape::plot_only(
+                    &args.out.unwrap_or_default(),
+                    args.figures_dir.as_deref(),
+                )?;
                 for path in figures {
                     eprintln!("wrote {}", path.display());
                 }
@@ -536,7 +538,7 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
             }
-            let mut options = landscape::RunOptions::new(&args.out);
+            let mut options = landscape::RunOptions::new(&args.out.unwrap_or_default());
             if let Some(shard) = &args.shard {
                 options.shard = landscape::Shard::parse(shard)?;
             }

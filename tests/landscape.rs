@@ -372,6 +372,12 @@ fn shards_merged_equal_the_whole_grid_and_draw_the_figures() {
     let stdout = run_ok(sift_lab().args(["merge", "--out"]).arg(shards.path()));
     assert!(stdout.contains("9 of 9 points from 2 files"), "{stdout}");
     let merged = rows(&shards.path().join("landscape.parquet"));
+    // The summary of the loss around θ0 and θ1 goes next to the merged file.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shards.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["neighbourhoods"].as_array().unwrap().len(), 2);
+    assert_eq!(summary["points"], 9);
     assert_eq!(
         values(&merged),
         values(&rows(&whole.path().join("landscape.parquet")))
