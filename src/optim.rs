@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::methods::{Decay, Param};
 
@@ -96,16 +96,43 @@ impl AdamW {
         let bias1 = 1.0 - c.beta1.powi(self.steps as i32);
         let bias2 = 1.0 - c.beta2.powi(self.steps as i32);
         for (i, (param, grad)) in self.params.iter().zip(gradients).enumerate() {
+            let base = match &param.decay {
+                Decay::Effective { base } => Some(base),
+                Decay::Plain | Decay::None => None,
+            };
+            let decay = match param.decay {
+                Decay::None => 0.0,
+                _ => c.weight_decay,
+            };
+            let value = param.var.as_tensor();
+            if value.dtype() == DType::F32 {
+                // One pass over (p, g, m, v) instead of a dozen tensor ops, each a full pass.
+                let (p, m, v) = fused_update(
+                    value,
+                    grad,
+                    &self.first_moment[i],
+                    &self.second_moment[i],
+                    base,
+                    Hyper {
+                        lr,
+                        decay,
+                        bias1,
+                        bias2,
+                        config: c,
+                    },
+                )?;
+                param.var.set(&p)?;
+                self.first_moment[i] = m;
+                self.second_moment[i] = v;
+                continue;
+            }
             let m = ((&self.first_moment[i] * c.beta1)? + (grad * (1.0 - c.beta1))?)?;
             let v = ((&self.second_moment[i] * c.beta2)? + (grad.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bias1)? / ((&v / bias2)?.sqrt()? + c.eps)?)?;
-            let value = param.var.as_tensor();
             // Decoupled decay first, as torch.optim.AdamW: p ← p − lr·wd·p_effective.
-            let decayed = match (&param.decay, c.weight_decay > 0.0) {
-                (Decay::Plain, true) => (value - (value * (lr * c.weight_decay))?)?,
-                (Decay::Effective { base }, true) => {
-                    (value - ((base + value)? * (lr * c.weight_decay))?)?
-                }
+            let decayed = match (base, decay > 0.0) {
+                (None, true) => (value - (value * (lr * decay))?)?,
+                (Some(base), true) => (value - ((base + value)? * (lr * decay))?)?,
                 _ => value.clone(),
             };
             param.var.set(&(decayed - (update * lr)?)?)?;
@@ -243,4 +270,77 @@ mod tests {
         let a = grads[0].to_vec1::<f32>().unwrap()[0];
         assert!((a - 0.6).abs() < 1e-5);
     }
+}
+
+/// The scalars of one AdamW update.
+#[derive(Clone, Copy)]
+struct Hyper {
+    lr: f64,
+    decay: f64,
+    bias1: f64,
+    bias2: f64,
+    config: AdamWConfig,
+}
+
+/// The f32 contents of a tensor, flattened.
+fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// New (p, m, v) of one f32 parameter, element by element as the tensor-op path computes them:
+/// m' = β1·m + (1−β1)·g, v' = β2·v + (1−β2)·g², p' = p − lr·wd·(base + p) − lr·m̂/(√v̂ + ε).
+fn fused_update(
+    value: &Tensor,
+    grad: &Tensor,
+    first: &Tensor,
+    second: &Tensor,
+    base: Option<&Tensor>,
+    h: Hyper,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    use rayon::prelude::*;
+    let (p, g, m, v) = (
+        f32_values(value)?,
+        f32_values(grad)?,
+        f32_values(first)?,
+        f32_values(second)?,
+    );
+    let base = base.map(f32_values).transpose()?;
+    let c = h.config;
+    let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+    let (lr, lr_decay) = (h.lr as f32, (h.lr * h.decay) as f32);
+    let (inv_bias1, inv_bias2) = (1.0 / h.bias1 as f32, 1.0 / h.bias2 as f32);
+    let n = p.len();
+    let (mut new_p, mut new_m, mut new_v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    const CHUNK: usize = 1 << 14;
+    new_p
+        .par_chunks_mut(CHUNK)
+        .zip(new_m.par_chunks_mut(CHUNK))
+        .zip(new_v.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(chunk, ((np, nm), nv))| {
+            let start = chunk * CHUNK;
+            for j in 0..np.len() {
+                let i = start + j;
+                let gi = g[i];
+                let mi = b1 * m[i] + (1.0 - b1) * gi;
+                let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+                let update = (mi * inv_bias1) / ((vi * inv_bias2).sqrt() + eps);
+                let effective = base.as_ref().map_or(p[i], |b| b[i] + p[i]);
+                let decayed = if lr_decay > 0.0 {
+                    p[i] - effective * lr_decay
+                } else {
+                    p[i]
+                };
+                np[j] = decayed - update * lr;
+                nm[j] = mi;
+                nv[j] = vi;
+            }
+        });
+    let shape = value.shape();
+    let device = value.device();
+    Ok((
+        Tensor::from_vec(new_p, shape, device)?,
+        Tensor::from_vec(new_m, shape, device)?,
+        Tensor::from_vec(new_v, shape, device)?,
+    ))
 }

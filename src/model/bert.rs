@@ -1,12 +1,11 @@
 //! The BERT family encoder (BERT, MiniLM, RoBERTa) with its sequence-classification head, as a
 //! plain struct built from a `VarBuilder` over a name → tensor map.
 //!
-//! Two forward modes compute the same function:
-//! - [`Mode::Inference`] uses candle's fused CPU kernels (layer norm, last-dim softmax), which
-//!   record no backward pass;
-//! - [`Mode::Training`] uses sift-lab's own fused layer norm and softmax (`fused.rs`), which
-//!   record a backward pass, so that `backward()` reaches every weight (candle's fused ops
-//!   silently drop the gradient).
+//! Attention softmax (with its scale and padding mask) and GELU are sift-lab's own fused,
+//! vectorised kernels (`fused.rs`) in both modes. The two modes differ in the layer norm:
+//! - [`Mode::Inference`] uses candle's fused CPU layer norm, which records no backward pass;
+//! - [`Mode::Training`] uses sift-lab's own, which does, so that `backward()` reaches every
+//!   weight (candle's fused ops silently drop the gradient).
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -97,25 +96,25 @@ impl Module for Linear {
         let in_dim = dims[dims.len() - 1];
         let out_dim = self.weight.dim(0)?;
         let x2d = x.reshape((x.elem_count() / in_dim, in_dim))?;
-        // One 2-D GEMM against the transposed weight view: no copy of W, one kernel call.
-        let mut y = if x2d.track_op() && !self.weight.track_op() {
-            super::ops::frozen_matmul_t(&x2d, &self.weight)?
-        } else {
-            x2d.matmul(&self.weight.t()?)?
-        };
-        if let Some(d) = &self.delta {
-            y = (y + super::ops::sparse_matmul_t(
-                &x2d.contiguous()?,
+        let mut y = match &self.delta {
+            // Frozen W plus a trained sparse Δ: one op, no dW, only the k sampled products.
+            Some(d) if !self.weight.track_op() => super::ops::sparse_linear(
+                &x2d,
+                &self.weight,
                 &d.rows,
                 &d.cols,
                 &d.values,
-                out_dim,
-            )?)?;
-        }
+                &self.bias,
+            )?,
+            Some(_) => {
+                candle_core::bail!("a sparse increment on a trained weight is not supported")
+            }
+            // One GEMM accumulating onto the bias; no dW for a frozen weight.
+            None => super::ops::linear(&x2d, &self.weight, &self.bias)?,
+        };
         if let Some(l) = &self.lora {
             y = (y + (x2d.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?)?;
         }
-        let y = y.broadcast_add(&self.bias)?;
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap() = out_dim;
         y.reshape(out_dims)
@@ -148,17 +147,9 @@ impl LayerNorm {
     }
 }
 
-fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
-    match mode {
-        Mode::Inference => candle_nn::ops::softmax_last_dim(x),
-        Mode::Training => super::fused::softmax_last_dim(x),
-    }
-}
-
-fn activate(x: &Tensor, act: Activation, mode: Mode) -> Result<Tensor> {
+fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
-        Activation::GeluErf if mode == Mode::Training => super::fused::gelu_erf(x),
-        Activation::GeluErf => x.gelu_erf(),
+        Activation::GeluErf => super::fused::gelu_erf(x),
         Activation::GeluTanh => x.gelu(),
         Activation::Relu => x.relu(),
         Activation::Silu => x.silu(),
@@ -242,7 +233,6 @@ struct Layer {
     output: Linear,
     output_norm: LayerNorm,
     num_heads: usize,
-    head_dim: usize,
     activation: Activation,
 }
 
@@ -260,37 +250,21 @@ impl Layer {
             output: Linear::new(vb.pp("output.dense"), c.intermediate_size, h)?,
             output_norm: LayerNorm::new(vb.pp("output.LayerNorm"), h, c.layer_norm_eps)?,
             num_heads: c.num_attention_heads,
-            head_dim: c.head_dim(),
             activation: c.activation().map_err(candle_core::Error::wrap)?,
         })
     }
 
-    /// `mask_bias`: (B, 1, 1, T), 0 at tokens and a large negative number at padding.
+    /// `x`: (B·T, hidden), one row per token; `mask_bias`: (B, T), 0 at tokens and a large
+    /// negative number at padding.
     fn forward(&self, x: &Tensor, mask_bias: &Tensor, mode: Mode) -> Result<Tensor> {
-        let (batch, seq, hidden) = x.dims3()?;
-        let heads = |t: Tensor| -> Result<Tensor> {
-            t.reshape((batch, seq, self.num_heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = heads(self.query.forward(x)?)?;
-        let k = heads(self.key.forward(x)?)?;
-        let v = heads(self.value.forward(x)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
-        let probs = softmax_last_dim(&scores, mode)?;
-        let context = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((batch, seq, hidden))?;
+        let q = self.query.forward(x)?;
+        let k = self.key.forward(x)?;
+        let v = self.value.forward(x)?;
+        let context = super::attention::attention(&q, &k, &v, mask_bias, self.num_heads)?;
         let attended = self
             .attention_norm
             .forward(&(self.attention_output.forward(&context)? + x)?, mode)?;
-        let inner = activate(
-            &self.intermediate.forward(&attended)?,
-            self.activation,
-            mode,
-        )?;
+        let inner = activate(&self.intermediate.forward(&attended)?, self.activation)?;
         self.output_norm
             .forward(&(self.output.forward(&inner)? + attended)?, mode)
     }
@@ -368,13 +342,17 @@ impl SequenceClassifier {
         let (batch, seq) = attention_mask.dims2()?;
         // 0 where a token may be attended to, -1e30 at padding (exp underflows to exactly 0,
         // as with transformers' finfo.min).
-        let mask_bias =
-            (attention_mask.to_dtype(dtype)?.affine(1e30, -1e30)?).reshape((batch, 1, 1, seq))?;
-        let mut hidden = hidden;
+        let mask_bias = attention_mask.to_dtype(dtype)?.affine(1e30, -1e30)?;
+        // Token rows (B·T, hidden) through the layers: no reshapes inside.
+        let width = hidden.dim(2)?;
+        let mut hidden = hidden.reshape((batch * seq, width))?;
         for layer in &self.layers {
             hidden = layer.forward(&hidden, &mask_bias, mode)?;
         }
-        let first_token = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let first_token = hidden
+            .reshape((batch, seq, width))?
+            .narrow(1, 0, 1)?
+            .squeeze(1)?;
         self.head.forward(&first_token)
     }
 }

@@ -7,37 +7,118 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-/// Float types the kernels run on.
-trait Float: WithDType + Send + Sync {
+use super::fast_math::{self, vectorized};
+
+/// Float types the kernels run on. f32 (training and evaluation) uses the vectorisable
+/// approximations of `fast_math`; f64 (the finite-difference tests) uses libm's exact functions.
+pub(super) trait Float: WithDType + Send + Sync {
     fn f(x: f64) -> Self;
     fn g(self) -> f64;
+    fn exp(self) -> Self;
+    fn erf(self) -> Self;
 }
 impl Float for f32 {
+    #[inline(always)]
     fn f(x: f64) -> Self {
         x as f32
     }
+    #[inline(always)]
     fn g(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        fast_math::exp_f32(self)
+    }
+    #[inline(always)]
+    fn erf(self) -> Self {
+        fast_math::erf_f32(self)
+    }
 }
 impl Float for f64 {
+    #[inline(always)]
     fn f(x: f64) -> Self {
         x
     }
+    #[inline(always)]
     fn g(self) -> f64 {
         self
     }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        libm::exp(self)
+    }
+    #[inline(always)]
+    fn erf(self) -> Self {
+        libm::erf(self)
+    }
 }
 
-fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+pub(super) fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("fused op: input must be contiguous".into()))?;
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// Lanes of the reductions below: independent partial results that the compiler can keep in
+/// one vector register (a float sum in one accumulator is a serial chain it may not reorder).
+const LANES: usize = 16;
+
+/// Σ a_i·b_i (Σ a_i without b), accumulated in `LANES` partial sums.
+#[inline(always)]
+pub(super) fn lane_dot<T: Float>(a: &[T], b: Option<&[T]>) -> T {
+    let mut acc = [T::zero(); LANES];
+    let full = a.len() / LANES * LANES;
+    match b {
+        Some(b) => {
+            for (ca, cb) in a[..full]
+                .chunks_exact(LANES)
+                .zip(b[..full].chunks_exact(LANES))
+            {
+                for i in 0..LANES {
+                    acc[i] += ca[i] * cb[i];
+                }
+            }
+            for i in full..a.len() {
+                acc[0] += a[i] * b[i];
+            }
+        }
+        None => {
+            for ca in a[..full].chunks_exact(LANES) {
+                for i in 0..LANES {
+                    acc[i] += ca[i];
+                }
+            }
+            for &v in &a[full..] {
+                acc[0] += v;
+            }
+        }
+    }
+    acc.iter().fold(T::zero(), |s, &v| s + v)
+}
+
+/// max_i a_i (a non-empty), in `LANES` partial maxima.
+#[inline(always)]
+pub(super) fn lane_max<T: Float>(a: &[T]) -> T {
+    let mut acc = [a[0]; LANES];
+    let full = a.len() / LANES * LANES;
+    for ca in a[..full].chunks_exact(LANES) {
+        for i in 0..LANES {
+            acc[i] = if ca[i] > acc[i] { ca[i] } else { acc[i] };
+        }
+    }
+    for &v in &a[full..] {
+        acc[0] = if v > acc[0] { v } else { acc[0] };
+    }
+    acc.iter().fold(acc[0], |m, &v| if v > m { v } else { m })
+}
+
 /// Runs `f` on the CPU slice of a contiguous tensor.
-fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+pub(super) fn with_slice<T: WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> Result<R>,
+) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
@@ -199,38 +280,88 @@ impl CustomOp3 for LayerNorm {
 /// Softmax over the last dimension, with its gradient `dx = y ⊙ (δ − Σ δ⊙y)`.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?
-        .apply_op1_arc(std::sync::Arc::new(Box::new(SoftmaxLastDim)))
+        .apply_op1_arc(std::sync::Arc::new(Box::new(SoftmaxLastDim {
+            scale: 1.0,
+            mask: None,
+        })))
 }
 
-struct SoftmaxLastDim;
+/// Attention weights `softmax(scale · scores + mask)` in one pass: scores (B, …, T), mask (B, T)
+/// (0 at tokens, a large negative number at padding, a constant: it gets no gradient).
+/// Replaces a scale, a broadcast add and a softmax, each a full pass over the scores.
+pub fn masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+    scores
+        .contiguous()?
+        .apply_op1_arc(std::sync::Arc::new(Box::new(SoftmaxLastDim {
+            scale,
+            mask: Some(mask.detach().contiguous()?),
+        })))
+}
 
-fn softmax_rows<T: Float>(x: &[T], n: usize) -> Vec<T> {
+struct SoftmaxLastDim {
+    scale: f64,
+    mask: Option<Tensor>,
+}
+
+/// Rows of length `n`; with a mask of `batches` rows, row r uses mask row r / (rows / batches).
+fn softmax_rows<T: Float>(x: &[T], n: usize, scale: T, mask: Option<&[T]>) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
-        let max = x.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.g()));
-        let mut sum = 0.0;
-        for i in 0..n {
-            let e = (x[i].g() - max).exp();
-            sum += e;
-            y[i] = T::f(e);
-        }
-        for v in y.iter_mut() {
-            *v = T::f(v.g() / sum);
-        }
-    });
+    let rows_per_mask_row = mask.map_or(1, |m| (x.len() / n) / (m.len() / n).max(1));
+    y.par_chunks_mut(n)
+        .zip(x.par_chunks(n))
+        .enumerate()
+        .for_each(|(row, (y, x))| {
+            let b = row / rows_per_mask_row;
+            let mask_row = mask.map(|m| &m[b * n..(b + 1) * n]);
+            vectorized(
+                #[inline(always)]
+                || softmax_row(x, y, scale, mask_row),
+            )
+        });
     y
 }
 
-fn softmax_grad<T: Float>(y: &[T], grad: &[T], n: usize) -> Vec<T> {
+/// `y = softmax(scale · x + mask)` of one row (the mask, if any, is added after scaling).
+#[inline(always)]
+pub(super) fn softmax_row<T: Float>(x: &[T], y: &mut [T], scale: T, mask: Option<&[T]>) {
+    match mask {
+        Some(mask) => {
+            for ((y, &x), &m) in y.iter_mut().zip(x).zip(mask) {
+                *y = x * scale + m;
+            }
+        }
+        None => {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * scale;
+            }
+        }
+    }
+    let max = lane_max(y);
+    for v in y.iter_mut() {
+        *v = (*v - max).exp();
+    }
+    let inv = T::one() / lane_dot(y, None);
+    for v in y.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// dx = scale · y ⊙ (δ − Σ δ⊙y), row by row.
+fn softmax_grad<T: Float>(y: &[T], grad: &[T], n: usize, scale: T) -> Vec<T> {
     let mut dx = vec![T::zero(); y.len()];
     dx.par_chunks_mut(n)
         .zip(y.par_chunks(n))
         .zip(grad.par_chunks(n))
         .for_each(|((dx, y), g)| {
-            let dot: f64 = y.iter().zip(g).map(|(a, b)| a.g() * b.g()).sum();
-            for i in 0..n {
-                dx[i] = T::f(y[i].g() * (g[i].g() - dot));
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    let dot = lane_dot(y, Some(g));
+                    for i in 0..n {
+                        dx[i] = scale * y[i] * (g[i] - dot);
+                    }
+                },
+            )
         });
     dx
 }
@@ -241,10 +372,31 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let n = layout.shape().dims().last().copied().unwrap_or(1);
+        let dims = layout.shape().dims();
+        let n = dims.last().copied().unwrap_or(1);
+        if let Some(mask) = &self.mask {
+            let (batches, tokens) = mask.dims2()?;
+            if dims[0] != batches || tokens != n {
+                candle_core::bail!(
+                    "masked-softmax: mask {:?} does not fit scores {dims:?}",
+                    mask.dims()
+                );
+            }
+        }
+        macro_rules! run {
+            ($t:ty) => {{
+                let xs = slice::<$t>(x, layout)?;
+                match &self.mask {
+                    Some(mask) => with_slice::<$t, _>(mask, |m| {
+                        Ok(softmax_rows(xs, n, self.scale as $t, Some(m)))
+                    })?,
+                    None => softmax_rows(xs, n, self.scale as $t, None),
+                }
+            }};
+        }
         let y = match x {
-            CpuStorage::F32(_) => CpuStorage::F32(softmax_rows(slice::<f32>(x, layout)?, n)),
-            CpuStorage::F64(_) => CpuStorage::F64(softmax_rows(slice::<f64>(x, layout)?, n)),
+            CpuStorage::F32(_) => CpuStorage::F32(run!(f32)),
+            CpuStorage::F64(_) => CpuStorage::F64(run!(f64)),
             _ => candle_core::bail!("softmax-last-dim: only f32 and f64"),
         };
         Ok((y, layout.shape().clone()))
@@ -255,12 +407,16 @@ impl CustomOp1 for SoftmaxLastDim {
         let dx = match res.dtype() {
             candle_core::DType::F32 => with_slice::<f32, _>(res, |y| {
                 with_slice::<f32, _>(grad, |g| {
-                    Tensor::from_vec(softmax_grad(y, g, n), res.shape(), res.device())
+                    Tensor::from_vec(
+                        softmax_grad(y, g, n, self.scale as f32),
+                        res.shape(),
+                        res.device(),
+                    )
                 })
             })?,
             candle_core::DType::F64 => with_slice::<f64, _>(res, |y| {
                 with_slice::<f64, _>(grad, |g| {
-                    Tensor::from_vec(softmax_grad(y, g, n), res.shape(), res.device())
+                    Tensor::from_vec(softmax_grad(y, g, n, self.scale), res.shape(), res.device())
                 })
             })?,
             d => candle_core::bail!("softmax-last-dim: unsupported dtype {d:?}"),
@@ -280,8 +436,10 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 struct GeluErf;
 
-fn normal_cdf(x: f64) -> f64 {
-    0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))
+#[inline(always)]
+fn normal_cdf<T: Float>(x: T) -> T {
+    let half = T::f(0.5);
+    half * (T::one() + (x * T::f(std::f64::consts::FRAC_1_SQRT_2)).erf())
 }
 
 fn gelu_rows<T: Float>(x: &[T]) -> Vec<T> {
@@ -289,25 +447,35 @@ fn gelu_rows<T: Float>(x: &[T]) -> Vec<T> {
     y.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
         .for_each(|(y, x)| {
-            for (y, x) in y.iter_mut().zip(x) {
-                let v = x.g();
-                *y = T::f(v * normal_cdf(v));
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = x * normal_cdf(x);
+                    }
+                },
+            )
         });
     y
 }
 
 fn gelu_grad<T: Float>(x: &[T], grad: &[T]) -> Vec<T> {
-    const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+    let inv_sqrt_2pi = T::f(0.398_942_280_401_432_7);
+    let minus_half = T::f(-0.5);
     let mut dx = vec![T::zero(); x.len()];
     dx.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
         .zip(grad.par_chunks(4096))
         .for_each(|((dx, x), g)| {
-            for ((dx, x), g) in dx.iter_mut().zip(x).zip(g) {
-                let v = x.g();
-                *dx = T::f(g.g() * (normal_cdf(v) + v * INV_SQRT_2PI * (-0.5 * v * v).exp()));
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                        let density = inv_sqrt_2pi * (minus_half * x * x).exp();
+                        *dx = g * (normal_cdf(x) + x * density);
+                    }
+                },
+            )
         });
     dx
 }

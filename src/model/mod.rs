@@ -1,7 +1,9 @@
 //! Models: configuration, the weight map, θ0, and the BERT-family classifier.
 
+pub mod attention;
 pub mod bert;
 pub mod config;
+pub mod fast_math;
 pub mod fused;
 pub mod init;
 pub mod ops;

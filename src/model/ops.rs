@@ -4,71 +4,229 @@
 //! that are constants: for `x · Wᵀ` with a frozen W it still forms the dense `dW = δᵀx`, as
 //! expensive as the forward matmul. These ops compute only what a trainable input needs.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-/// `x · wᵀ` for a weight that receives no gradient: the backward pass computes `dx = δ · w` and
-/// nothing for `w`. `x` is 2-D (rows, in), `w` is (out, in).
-pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmulT {
-        weight: w.detach(),
-    })))
+/// `x · wᵀ + b` (x 2-D (rows, in), w (out, in), b (out)) as one GEMM that accumulates onto the
+/// bias rows, so the bias add costs no extra pass. The backward pass computes only what a
+/// tracked input needs: `dx = δ · w`, `dw = δᵀ · x` (none for a frozen weight: candle's generic
+/// matmul backward would form it anyway, as expensive as the forward) and `db = Σ_rows δ`.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3_arc(&w.contiguous()?, b, std::sync::Arc::new(Box::new(LinearOp)))
 }
 
-struct FrozenMatmulT {
-    weight: Tensor,
-}
+struct LinearOp;
 
-impl CustomOp1 for FrozenMatmulT {
-    fn name(&self) -> &'static str {
-        "frozen-matmul-t"
-    }
-
-    /// candle's own CPU GEMM on the storages, so the result is the same as `x.matmul(&w.t())`.
-    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = layout.shape().dims2()?;
-        let n = self.weight.dim(0)?;
-        let wt = self.weight.t()?;
-        let (storage, wt_layout) = wt.storage_and_layout();
-        let candle_core::Storage::Cpu(w) = &*storage else {
-            candle_core::bail!("frozen-matmul-t: CPU tensors only");
-        };
-        Ok((
-            x.matmul(w, (1, m, n, k), layout, wt_layout)?,
-            Shape::from((m, n)),
-        ))
-    }
-
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.weight)?))
-    }
-}
-
-/// `x · Δᵀ` for a sparse Δ (out × in) with entries `(rows[s], cols[s], values[s])`:
-/// `y[n, r_s] = Σ_s v_s · x[n, c_s]`.
+/// `dst = keep · dst + lhs · rhs` (keep is 0 or 1) with explicit element strides (column
+/// stride, row stride); `parallel`: on candle's thread count, else on the calling thread.
 ///
-/// The backward pass computes exactly the sampled products a sparse increment needs,
-/// `dv_s = Σ_n δ[n, r_s] · x[n, c_s]` (never the dense `δᵀx`) and `dx[n, c_s] += v_s · δ[n, r_s]`,
-/// in O(rows · k) time and with no (rows × k) intermediates.
-pub fn sparse_matmul_t(
+/// # Safety
+/// The pointers must cover the (m × k), (k × n) and (m × n) matrices the strides describe.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_strided<T: candle_core::WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    (dst_cs, dst_rs): (isize, isize),
+    keep: bool,
+    lhs: *const T,
+    (lhs_cs, lhs_rs): (isize, isize),
+    rhs: *const T,
+    (rhs_cs, rhs_rs): (isize, isize),
+    parallel: bool,
+) {
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if parallel && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let alpha = if keep { T::one() } else { T::zero() };
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            keep,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            alpha,
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+impl LinearOp {
+    fn forward<T: candle_core::WithDType>(x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+        let (n, k) = (b.len(), w.len() / b.len());
+        let m = x.len() / k;
+        let mut y: Vec<T> = Vec::with_capacity(m * n);
+        for _ in 0..m {
+            y.extend_from_slice(b);
+        }
+        // y (m × n, row-major) += x (m × k, row-major) · wᵀ (k × n: element (i, j) at w[j·k + i]).
+        unsafe {
+            gemm_strided(
+                (m, n, k),
+                y.as_mut_ptr(),
+                (1, n as isize),
+                true,
+                x.as_ptr(),
+                (1, k as isize),
+                w.as_ptr(),
+                (k as isize, 1),
+                true,
+            )
+        };
+        y
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = xl.shape().dims2()?;
+        let (n, wk) = wl.shape().dims2()?;
+        if wk != k || bl.shape().elem_count() != n {
+            candle_core::bail!(
+                "linear: x {:?}, w {:?}, b {:?} do not fit",
+                xl.shape(),
+                wl.shape(),
+                bl.shape()
+            );
+        }
+        let y = match x {
+            CpuStorage::F32(_) => CpuStorage::F32(Self::forward(
+                contiguous_slice::<f32>(x, xl)?,
+                contiguous_slice::<f32>(w, wl)?,
+                contiguous_slice::<f32>(b, bl)?,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(Self::forward(
+                contiguous_slice::<f64>(x, xl)?,
+                contiguous_slice::<f64>(w, wl)?,
+                contiguous_slice::<f64>(b, bl)?,
+            )),
+            _ => candle_core::bail!("linear: only f32 and f64 are supported"),
+        };
+        Ok((y, Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // On detached inputs: a gradient that recorded ops would keep the forward graph (and,
+        // through the optimizer's moments, every earlier step's) alive.
+        let grad = grad.detach().contiguous()?;
+        let dx = if x.track_op() {
+            Some(grad.matmul(&w.detach())?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(grad.t()?.matmul(&x.detach())?)
+        } else {
+            None
+        };
+        let db = if b.track_op() {
+            Some(column_sums(&grad)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// Σ over rows of a contiguous 2-D f32/f64 tensor: row blocks summed in parallel, each a run
+/// of vectorisable row additions (candle's `sum(0)` walks the matrix column-strided).
+fn column_sums(grad: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    fn sums<T: candle_core::WithDType>(g: &[T], n: usize) -> Vec<T> {
+        g.par_chunks(n * 256)
+            .map(|block| {
+                let mut acc = vec![T::zero(); n];
+                for row in block.chunks_exact(n) {
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                }
+                acc
+            })
+            .reduce(
+                || vec![T::zero(); n],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            )
+    }
+    let n = grad.dim(1)?;
+    match grad.dtype() {
+        candle_core::DType::F32 => Tensor::new(
+            sums(&grad.flatten_all()?.to_vec1::<f32>()?, n),
+            grad.device(),
+        ),
+        candle_core::DType::F64 => Tensor::new(
+            sums(&grad.flatten_all()?.to_vec1::<f64>()?, n),
+            grad.device(),
+        ),
+        d => candle_core::bail!("linear: unsupported dtype {d:?}"),
+    }
+}
+
+/// `x · (W + Δ)ᵀ + b` for a frozen W and a sparse Δ (out × in) with entries
+/// `(rows[s], cols[s], values[s])`, in one op: GEMM onto the bias rows, then
+/// `y[n, r_s] += v_s · x[n, c_s]` in place.
+///
+/// The backward pass computes exactly what a sparse increment needs: the sampled products
+/// `dv_s = Σ_n δ[n, r_s] · x[n, c_s]` (never the dense `δᵀx`), `dx = δ · W` plus
+/// `dx[n, c_s] += v_s · δ[n, r_s]`, and `db` if the bias is trained; no dW.
+pub fn sparse_linear(
     x: &Tensor,
+    weight: &Tensor,
     rows: &[u32],
     cols: &[u32],
     values: &Tensor,
-    out_dim: usize,
+    bias: &Tensor,
 ) -> Result<Tensor> {
-    let op = SparseMatmulT {
+    let op = SparseLinear {
+        weight: weight.detach().contiguous()?,
         rows: rows.into(),
         cols: cols.into(),
-        out_dim,
     };
-    x.apply_op2_arc(values, std::sync::Arc::new(Box::new(op)))
+    x.contiguous()?
+        .apply_op3_arc(values, bias, std::sync::Arc::new(Box::new(op)))
 }
 
-struct SparseMatmulT {
+struct SparseLinear {
+    weight: Tensor,
     rows: std::sync::Arc<[u32]>,
     cols: std::sync::Arc<[u32]>,
-    out_dim: usize,
 }
 
 /// The slice behind a contiguous CPU tensor.
@@ -76,52 +234,86 @@ fn contiguous_slice<'a, T: candle_core::WithDType>(
     storage: &'a CpuStorage,
     layout: &Layout,
 ) -> Result<&'a [T]> {
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg("sparse-matmul-t: input must be contiguous".into())
-    })?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("sparse-linear: input must be contiguous".into()))?;
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
-impl SparseMatmulT {
-    fn forward<T: candle_core::WithDType>(&self, x: &[T], in_dim: usize, values: &[T]) -> Vec<T> {
+/// Runs `f` on the CPU slice of a contiguous tensor.
+fn with_cpu_slice<T: candle_core::WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> Result<R>,
+) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("sparse-linear: CPU tensors only")
+    };
+    f(contiguous_slice::<T>(cpu, layout)?)
+}
+
+impl SparseLinear {
+    fn forward<T: candle_core::WithDType>(&self, x: &[T], w: &[T], v: &[T], b: &[T]) -> Vec<T> {
         use rayon::prelude::*;
-        let mut out = vec![T::zero(); x.len() / in_dim * self.out_dim];
-        out.par_chunks_mut(self.out_dim)
+        let mut y = LinearOp::forward(x, w, b);
+        let (in_dim, out_dim) = (w.len() / b.len(), b.len());
+        y.par_chunks_mut(out_dim)
             .zip(x.par_chunks(in_dim))
             .for_each(|(y, x)| {
-                for ((&r, &c), &v) in self.rows.iter().zip(self.cols.iter()).zip(values) {
+                for ((&r, &c), &v) in self.rows.iter().zip(self.cols.iter()).zip(v) {
                     y[r as usize] += v * x[c as usize];
                 }
             });
-        out
+        y
     }
 
     /// (dx, dvalues) from the output gradient.
     fn backward<T: candle_core::WithDType>(
         &self,
         x: &[T],
-        in_dim: usize,
+        w: &[T],
         values: &[T],
         grad: &[T],
-    ) -> (Vec<T>, Vec<T>) {
+        want_dx: bool,
+    ) -> (Option<Vec<T>>, Vec<T>) {
         use rayon::prelude::*;
+        let (out_dim, in_dim) = (self.weight.dims()[0], self.weight.dims()[1]);
+        let m = x.len() / in_dim;
         let k = values.len();
-        let mut dx = vec![T::zero(); x.len()];
-        dx.par_chunks_mut(in_dim)
-            .zip(grad.par_chunks(self.out_dim))
-            .for_each(|(dx, g)| {
-                for ((&r, &c), &v) in self.rows.iter().zip(self.cols.iter()).zip(values) {
-                    dx[c as usize] += v * g[r as usize];
-                }
-            });
+        let dx = want_dx.then(|| {
+            let mut dx = vec![T::zero(); x.len()];
+            // dx (m × in) = δ (m × out) · W (out × in), then the sparse part row by row.
+            unsafe {
+                gemm_strided(
+                    (m, in_dim, out_dim),
+                    dx.as_mut_ptr(),
+                    (1, in_dim as isize),
+                    false,
+                    grad.as_ptr(),
+                    (1, out_dim as isize),
+                    w.as_ptr(),
+                    (1, in_dim as isize),
+                    true,
+                )
+            };
+            dx.par_chunks_mut(in_dim)
+                .zip(grad.par_chunks(out_dim))
+                .for_each(|(dx, g)| {
+                    for ((&r, &c), &v) in self.rows.iter().zip(self.cols.iter()).zip(values) {
+                        dx[c as usize] += v * g[r as usize];
+                    }
+                });
+            dx
+        });
         // Row blocks accumulate privately, then add up: no contention, deterministic per block.
         let block = 64;
         let dvalues = x
             .par_chunks(in_dim * block)
-            .zip(grad.par_chunks(self.out_dim * block))
+            .zip(grad.par_chunks(out_dim * block))
             .map(|(xb, gb)| {
                 let mut acc = vec![T::zero(); k];
-                for (x, g) in xb.chunks(in_dim).zip(gb.chunks(self.out_dim)) {
+                for (x, g) in xb.chunks(in_dim).zip(gb.chunks(out_dim)) {
                     for (s, (&r, &c)) in self.rows.iter().zip(self.cols.iter()).enumerate() {
                         acc[s] += g[r as usize] * x[c as usize];
                     }
@@ -139,9 +331,9 @@ impl SparseMatmulT {
     }
 }
 
-impl CustomOp2 for SparseMatmulT {
+impl CustomOp3 for SparseLinear {
     fn name(&self) -> &'static str {
-        "sparse-matmul-t"
+        "sparse-linear"
     }
 
     fn cpu_fwd(
@@ -150,72 +342,69 @@ impl CustomOp2 for SparseMatmulT {
         xl: &Layout,
         v: &CpuStorage,
         vl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, in_dim) = xl.shape().dims2()?;
+        let (n, _) = xl.shape().dims2()?;
+        let out_dim = self.weight.dim(0)?;
+        macro_rules! run {
+            ($t:ty) => {
+                with_cpu_slice::<$t, _>(&self.weight, |w| {
+                    Ok(self.forward(
+                        contiguous_slice::<$t>(x, xl)?,
+                        w,
+                        contiguous_slice::<$t>(v, vl)?,
+                        contiguous_slice::<$t>(b, bl)?,
+                    ))
+                })?
+            };
+        }
         let out = match x {
-            CpuStorage::F32(_) => CpuStorage::F32(self.forward(
-                contiguous_slice::<f32>(x, xl)?,
-                in_dim,
-                contiguous_slice::<f32>(v, vl)?,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(self.forward(
-                contiguous_slice::<f64>(x, xl)?,
-                in_dim,
-                contiguous_slice::<f64>(v, vl)?,
-            )),
-            _ => candle_core::bail!("sparse-matmul-t: only f32 and f64 are supported"),
+            CpuStorage::F32(_) => CpuStorage::F32(run!(f32)),
+            CpuStorage::F64(_) => CpuStorage::F64(run!(f64)),
+            _ => candle_core::bail!("sparse-linear: only f32 and f64 are supported"),
         };
-        Ok((out, Shape::from((n, self.out_dim))))
+        Ok((out, Shape::from((n, out_dim))))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
         values: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (x, values, grad) = (x.contiguous()?, values.contiguous()?, grad.contiguous()?);
-        let in_dim = x.dim(1)?;
-        let (xs, xl) = x.storage_and_layout();
-        let (vs, vl) = values.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let (
-            candle_core::Storage::Cpu(xs),
-            candle_core::Storage::Cpu(vs),
-            candle_core::Storage::Cpu(gs),
-        ) = (&*xs, &*vs, &*gs)
-        else {
-            candle_core::bail!("sparse-matmul-t: CPU tensors only");
-        };
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.detach().contiguous()?;
         let device = x.device();
-        let (dx, dv) = match xs {
-            CpuStorage::F32(_) => {
-                let (dx, dv) = self.backward(
-                    contiguous_slice::<f32>(xs, xl)?,
-                    in_dim,
-                    contiguous_slice::<f32>(vs, vl)?,
-                    contiguous_slice::<f32>(gs, gl)?,
-                );
-                (
-                    Tensor::from_vec(dx, x.shape(), device)?,
-                    Tensor::from_vec(dv, values.shape(), device)?,
-                )
-            }
-            CpuStorage::F64(_) => {
-                let (dx, dv) = self.backward(
-                    contiguous_slice::<f64>(xs, xl)?,
-                    in_dim,
-                    contiguous_slice::<f64>(vs, vl)?,
-                    contiguous_slice::<f64>(gs, gl)?,
-                );
-                (
-                    Tensor::from_vec(dx, x.shape(), device)?,
-                    Tensor::from_vec(dv, values.shape(), device)?,
-                )
-            }
-            _ => candle_core::bail!("sparse-matmul-t: only f32 and f64 are supported"),
+        macro_rules! run {
+            ($t:ty) => {
+                with_cpu_slice::<$t, _>(x, |xs| {
+                    with_cpu_slice::<$t, _>(&self.weight, |ws| {
+                        with_cpu_slice::<$t, _>(values, |vs| {
+                            with_cpu_slice::<$t, _>(&grad, |gs| {
+                                let (dx, dv) = self.backward(xs, ws, vs, gs, x.track_op());
+                                Ok((
+                                    dx.map(|dx| Tensor::from_vec(dx, x.shape(), device))
+                                        .transpose()?,
+                                    Tensor::from_vec(dv, values.shape(), device)?,
+                                ))
+                            })
+                        })
+                    })
+                })?
+            };
+        }
+        let (dx, dv) = match x.dtype() {
+            candle_core::DType::F32 => run!(f32),
+            candle_core::DType::F64 => run!(f64),
+            d => candle_core::bail!("sparse-linear: unsupported dtype {d:?}"),
         };
-        Ok((Some(dx), Some(dv)))
+        let db = if bias.track_op() {
+            Some(column_sums(&grad)?)
+        } else {
+            None
+        };
+        Ok((dx, values.track_op().then_some(dv), db))
     }
 }
