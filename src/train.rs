@@ -343,8 +343,10 @@ pub fn run(
             std::fs::copy(&tokenizer, dir.join("tokenizer.json"))?;
         }
     }
+    // Highest primary metric; on a tie the earliest epoch (`max_by` keeps the last of equals).
     let best = epochs
         .iter()
+        .rev()
         .max_by(|a, b| {
             a.metrics
                 .get(primary)
