@@ -343,17 +343,7 @@ pub fn run(
             std::fs::copy(&tokenizer, dir.join("tokenizer.json"))?;
         }
     }
-    // Highest primary metric; on a tie the earliest epoch (`max_by` keeps the last of equals).
-    let best = epochs
-        .iter()
-        .rev()
-        .max_by(|a, b| {
-            a.metrics
-                .get(primary)
-                .unwrap_or(&f64::NAN)
-                .total_cmp(b.metrics.get(primary).unwrap_or(&f64::NAN))
-        })
-        .cloned();
+    let best = best_epoch(&epochs, primary);
     let summary = TrainSummary {
         config: config.clone(),
         status: status.into(),
@@ -693,4 +683,42 @@ fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
 /// Where a run's outputs live, for callers that want them.
 pub fn summary_path(out: &Path) -> PathBuf {
     out.join("summary.json")
+}
+
+/// The epoch with the highest primary metric; on a tie the earliest (`max_by` keeps the last of
+/// equals, hence the reversed order).
+fn best_epoch(epochs: &[EpochResult], primary: &str) -> Option<EpochResult> {
+    epochs
+        .iter()
+        .rev()
+        .max_by(|a, b| {
+            a.metrics
+                .get(primary)
+                .unwrap_or(&f64::NAN)
+                .total_cmp(b.metrics.get(primary).unwrap_or(&f64::NAN))
+        })
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_epoch_is_the_highest_and_the_earliest_of_ties() {
+        let epoch = |epoch, accuracy| EpochResult {
+            epoch,
+            dev_loss: 0.5,
+            metrics: [("accuracy".to_string(), accuracy)].into(),
+        };
+        let epochs = [
+            epoch(1, 0.70),
+            epoch(2, 0.73),
+            epoch(3, 0.73),
+            epoch(4, 0.71),
+        ];
+        assert_eq!(best_epoch(&epochs, "accuracy").unwrap().epoch, 2);
+        assert_eq!(best_epoch(&epochs[..1], "accuracy").unwrap().epoch, 1);
+        assert!(best_epoch(&[], "accuracy").is_none());
+    }
 }
