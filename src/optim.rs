@@ -188,90 +188,6 @@ pub fn linear_schedule(step: usize, warmup: usize, total: usize, peak: f64) -> f
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var};
-
-    /// Two steps of AdamW on a scalar by hand (β1 = 0.9, β2 = 0.999, eps = 1e-8, lr = 0.1, wd = 0.1):
-    /// step 1, g = 2: p = 1 − 0.1·0.1·1 = 0.99; m̂ = 2, v̂ = 4 → p = 0.99 − 0.1·2/2 = 0.89.
-    /// step 2, g = 1: p = 0.89·(1 − 0.01) = 0.8811; m = 0.9·0.2 + 0.1 = 0.28, m̂ = 0.28/0.19;
-    /// v = 0.999·0.004 + 0.001 = 0.004996, v̂ = 0.004996/0.001999; p −= 0.1·m̂/√v̂.
-    #[test]
-    fn adamw_matches_the_hand_computation() {
-        let var = Var::new(&[1.0f64], &Device::Cpu).unwrap();
-        let param = Param {
-            name: "w".into(),
-            var: var.clone(),
-            decay: Decay::Plain,
-        };
-        let mut opt = AdamW::new(
-            vec![param],
-            AdamWConfig {
-                weight_decay: 0.1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        opt.step(&[Tensor::new(&[2.0f64], &Device::Cpu).unwrap()], 0.1)
-            .unwrap();
-        let p1 = var.as_tensor().to_vec1::<f64>().unwrap()[0];
-        assert!((p1 - 0.89).abs() < 1e-9, "{p1}");
-        opt.step(&[Tensor::new(&[1.0f64], &Device::Cpu).unwrap()], 0.1)
-            .unwrap();
-        let m_hat = 0.28 / 0.19;
-        let v_hat = 0.004996 / (1.0 - 0.999f64.powi(2));
-        let expect = 0.8811 - 0.1 * m_hat / (v_hat.sqrt() + 1e-8);
-        let p2 = var.as_tensor().to_vec1::<f64>().unwrap()[0];
-        assert!((p2 - expect).abs() < 1e-9, "{p2} vs {expect}");
-    }
-
-    /// Decay of a sparse increment acts on the effective weight W[idx] + v.
-    #[test]
-    fn effective_decay_uses_the_base_weight() {
-        let var = Var::new(&[0.0f64], &Device::Cpu).unwrap();
-        let base = Tensor::new(&[3.0f64], &Device::Cpu).unwrap();
-        let param = Param {
-            name: "d".into(),
-            var: var.clone(),
-            decay: Decay::Effective { base },
-        };
-        let mut opt = AdamW::new(
-            vec![param],
-            AdamWConfig {
-                weight_decay: 0.5,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        // Zero gradient: only decay moves it: v = 0 − 0.1·0.5·(3 + 0) = −0.15.
-        opt.step(&[Tensor::new(&[0.0f64], &Device::Cpu).unwrap()], 0.1)
-            .unwrap();
-        assert!((var.as_tensor().to_vec1::<f64>().unwrap()[0] + 0.15).abs() < 1e-12);
-    }
-
-    #[test]
-    fn schedule_warms_up_then_decays_to_zero() {
-        assert_eq!(linear_schedule(0, 10, 100, 1.0), 0.0);
-        assert_eq!(linear_schedule(5, 10, 100, 1.0), 0.5);
-        assert_eq!(linear_schedule(10, 10, 100, 1.0), 1.0);
-        assert_eq!(linear_schedule(55, 10, 100, 1.0), 0.5);
-        assert_eq!(linear_schedule(100, 10, 100, 1.0), 0.0);
-    }
-
-    #[test]
-    fn clipping_scales_to_the_max_norm() {
-        let mut grads = vec![
-            Tensor::new(&[3.0f32], &Device::Cpu).unwrap(),
-            Tensor::new(&[4.0f32], &Device::Cpu).unwrap(),
-        ];
-        let norm = clip_global_norm(&mut grads, 1.0).unwrap();
-        assert_eq!(norm, 5.0);
-        let a = grads[0].to_vec1::<f32>().unwrap()[0];
-        assert!((a - 0.6).abs() < 1e-5);
-    }
-}
-
 /// The scalars of one AdamW update.
 #[derive(Clone, Copy)]
 struct Hyper {
@@ -306,7 +222,9 @@ fn fused_update(
     );
     let base = base.map(f32_values).transpose()?;
     let c = h.config;
+    // 1 − β in f64: in f32, 1 − 0.999 keeps only 4 significant digits.
     let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+    let (one_minus_b1, one_minus_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
     let (lr, lr_decay) = (h.lr as f32, (h.lr * h.decay) as f32);
     let (inv_bias1, inv_bias2) = (1.0 / h.bias1 as f32, 1.0 / h.bias2 as f32);
     let n = p.len();
@@ -322,8 +240,8 @@ fn fused_update(
             for j in 0..np.len() {
                 let i = start + j;
                 let gi = g[i];
-                let mi = b1 * m[i] + (1.0 - b1) * gi;
-                let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+                let mi = b1 * m[i] + one_minus_b1 * gi;
+                let vi = b2 * v[i] + one_minus_b2 * gi * gi;
                 let update = (mi * inv_bias1) / ((vi * inv_bias2).sqrt() + eps);
                 let effective = base.as_ref().map_or(p[i], |b| b[i] + p[i]);
                 let decayed = if lr_decay > 0.0 {
@@ -343,4 +261,113 @@ fn fused_update(
         Tensor::from_vec(new_m, shape, device)?,
         Tensor::from_vec(new_v, shape, device)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Two steps of AdamW on a scalar by hand (β1 = 0.9, β2 = 0.999, eps = 1e-8, lr = 0.1, wd = 0.1):
+    /// step 1, g = 2: p = 1 − 0.1·0.1·1 = 0.99; m̂ = 2, v̂ = 4 → p = 0.99 − 0.1·2/2 = 0.89.
+    /// step 2, g = 1: p = 0.89·(1 − 0.01) = 0.8811; m = 0.9·0.2 + 0.1 = 0.28, m̂ = 0.28/0.19;
+    /// v = 0.999·0.004 + 0.001 = 0.004996, v̂ = 0.004996/0.001999; p −= 0.1·m̂/√v̂.
+    /// A scalar variable of `dtype` and how to read it back as f64.
+    fn scalar(value: f64, dtype: DType) -> Tensor {
+        Tensor::new(&[value], &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+    fn read(var: &Var) -> f64 {
+        var.as_tensor()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()[0]
+    }
+
+    /// f32 runs the one-pass kernel, f64 the tensor-op path: both must give the hand result.
+    #[test]
+    fn adamw_matches_the_hand_computation() {
+        for (dtype, tol) in [(DType::F64, 1e-9), (DType::F32, 1e-6)] {
+            adamw_by_hand(dtype, tol);
+        }
+    }
+
+    fn adamw_by_hand(dtype: DType, tol: f64) {
+        let var = Var::from_tensor(&scalar(1.0, dtype)).unwrap();
+        let param = Param {
+            name: "w".into(),
+            var: var.clone(),
+            decay: Decay::Plain,
+        };
+        let mut opt = AdamW::new(
+            vec![param],
+            AdamWConfig {
+                weight_decay: 0.1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        opt.step(&[scalar(2.0, dtype)], 0.1).unwrap();
+        let p1 = read(&var);
+        assert!((p1 - 0.89).abs() < tol, "{dtype:?}: {p1}");
+        opt.step(&[scalar(1.0, dtype)], 0.1).unwrap();
+        let m_hat = 0.28 / 0.19;
+        let v_hat = 0.004996 / (1.0 - 0.999f64.powi(2));
+        let expect = 0.8811 - 0.1 * m_hat / (v_hat.sqrt() + 1e-8);
+        let p2 = read(&var);
+        assert!((p2 - expect).abs() < tol, "{dtype:?}: {p2} vs {expect}");
+    }
+
+    /// Decay of a sparse increment acts on the effective weight W[idx] + v.
+    #[test]
+    fn effective_decay_uses_the_base_weight() {
+        for dtype in [DType::F64, DType::F32] {
+            effective_decay(dtype);
+        }
+    }
+
+    fn effective_decay(dtype: DType) {
+        let var = Var::from_tensor(&scalar(0.0, dtype)).unwrap();
+        let base = scalar(3.0, dtype);
+        let param = Param {
+            name: "d".into(),
+            var: var.clone(),
+            decay: Decay::Effective { base },
+        };
+        let mut opt = AdamW::new(
+            vec![param],
+            AdamWConfig {
+                weight_decay: 0.5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // Zero gradient: only decay moves it: v = 0 − 0.1·0.5·(3 + 0) = −0.15.
+        opt.step(&[scalar(0.0, dtype)], 0.1).unwrap();
+        assert!((read(&var) + 0.15).abs() < 1e-7, "{dtype:?}");
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        assert_eq!(linear_schedule(0, 10, 100, 1.0), 0.0);
+        assert_eq!(linear_schedule(5, 10, 100, 1.0), 0.5);
+        assert_eq!(linear_schedule(10, 10, 100, 1.0), 1.0);
+        assert_eq!(linear_schedule(55, 10, 100, 1.0), 0.5);
+        assert_eq!(linear_schedule(100, 10, 100, 1.0), 0.0);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_max_norm() {
+        let mut grads = vec![
+            Tensor::new(&[3.0f32], &Device::Cpu).unwrap(),
+            Tensor::new(&[4.0f32], &Device::Cpu).unwrap(),
+        ];
+        let norm = clip_global_norm(&mut grads, 1.0).unwrap();
+        assert_eq!(norm, 5.0);
+        let a = grads[0].to_vec1::<f32>().unwrap()[0];
+        assert!((a - 0.6).abs() < 1e-5);
+    }
 }
