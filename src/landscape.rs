@@ -296,6 +296,9 @@ pub struct LandscapeConfig {
     pub directions: Directions,
     pub from_checkpoint: Option<PathBuf>,
     pub to_checkpoint: Option<PathBuf>,
+    /// A trained head (pooler + classifier from this checkpoint) instead of the seeded one.
+    #[serde(default)]
+    pub head_from: Option<PathBuf>,
     pub dims: usize,
     pub alpha: Range,
     /// Only for `dims = 2`.
@@ -323,6 +326,7 @@ impl LandscapeConfig {
             directions,
             from_checkpoint: None,
             to_checkpoint: None,
+            head_from: None,
             dims,
             alpha: directions.default_alpha(),
             beta: (dims == 2).then(|| directions.default_beta()),
@@ -372,6 +376,10 @@ impl LandscapeConfig {
                 "--from-checkpoint / --to-checkpoint only apply to --directions checkpoints"
             ),
         }
+        ensure!(
+            !(self.head_from.is_some() && self.directions == Directions::Checkpoints),
+            "--head-from does not apply to --directions checkpoints (the head is checkpoint B's)"
+        );
         if let Some(pattern) = &self.tensors {
             ensure!(
                 pattern.split(',').any(|p| !p.trim().is_empty()),
@@ -981,6 +989,36 @@ pub struct Prepared {
     pub device: Device,
 }
 
+/// Replaces θ1's head (pooler + classifier) by the trained one in checkpoint `dir`. θ0 shares
+/// every head tensor θ1 does not have pretrained (so the classifier stays fixed over the grid).
+fn use_trained_head(
+    theta1: &mut Pretrained,
+    dir: &Path,
+    config: &LandscapeConfig,
+    device: &Device,
+) -> Result<()> {
+    let trained = model::load_pretrained(
+        &config.model,
+        Some(dir),
+        theta1.num_labels,
+        config.seed,
+        device,
+    )
+    .with_context(|| format!("--head-from {}", dir.display()))?;
+    for name in crate::methods::head_names(&theta1.config, theta1.num_labels)? {
+        ensure!(
+            !trained.seeded_head.contains(&name),
+            "--head-from {}: the checkpoint has no trained {name}; give the --export-hf directory \
+             of a `sift-lab train` run on this task",
+            dir.display()
+        );
+        theta1
+            .weights
+            .insert(name.clone(), trained.weights[&name].clone());
+    }
+    Ok(())
+}
+
 /// Resolves the model revision into `config` (so a changed snapshot is a changed config).
 pub fn resolve_revision(config: &mut LandscapeConfig) -> Result<()> {
     config.model_revision = hub::resolve(&config.model)?.revision;
@@ -1018,10 +1056,14 @@ pub fn prepare(config: &LandscapeConfig) -> Result<Prepared> {
             );
             (b, Some(a))
         }
-        _ => (
-            model::load_pretrained(&config.model, None, num_labels, config.seed, &device)?,
-            None,
-        ),
+        _ => {
+            let mut theta1 =
+                model::load_pretrained(&config.model, None, num_labels, config.seed, &device)?;
+            if let Some(dir) = &config.head_from {
+                use_trained_head(&mut theta1, dir, config, &device)?;
+            }
+            (theta1, None)
+        }
     };
     let surface = prepare_surface(config, &theta1, start.as_ref())?;
     let dataset = Dataset::load(

@@ -261,6 +261,11 @@ struct LandscapeArgs {
     /// Checkpoint B (α = 1) for --directions checkpoints.
     #[arg(long)]
     to_checkpoint: Option<PathBuf>,
+    /// A trained task head instead of the seeded one: an --export-hf directory of a `sift-lab
+    /// train` run (e.g. --method head); its pooler and classifier become θ1's (and the fixed
+    /// classifier of every point).
+    #[arg(long)]
+    head_from: Option<PathBuf>,
     /// Only these tensors move: comma-separated globs over tensor names ('*' any characters, '?' one),
     /// e.g. 'encoder.layer.*.attention.*'. Default: every tensor but the task head.
     #[arg(long)]
@@ -522,6 +527,7 @@ fn main() -> Result<()> {
             };
             config.from_checkpoint = args.from_checkpoint;
             config.to_checkpoint = args.to_checkpoint;
+            config.head_from = args.head_from;
             config.tensors = args.tensors;
             config.filter_1d = landscape::Filter1d::parse(&args.filter_1d)?;
             config.seed = args.seed;

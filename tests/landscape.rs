@@ -166,6 +166,111 @@ fn alpha_one_is_sift_lab_eval_and_alpha_zero_is_theta0() {
     assert!((zero.loss - one.loss).abs() > 1e-6);
 }
 
+/// `--head-from`: the α = 1 point is `sift-lab eval --checkpoint` of the trained-head export,
+/// the head really is the trained one, and a checkpoint without a trained head is refused.
+#[test]
+fn head_from_uses_the_trained_head_of_a_train_export() {
+    let dir = common::temp_dir("landscape-head");
+    let export = dir.path().join("hf");
+    run_ok(
+        sift_lab()
+            .args([
+                "train", "--task", "rte", "--method", "head", "--epochs", "1",
+            ])
+            .args([
+                "--train-limit",
+                "64",
+                "--eval-limit",
+                "16",
+                "--batch-size",
+                "16",
+            ])
+            .args(["--max-len", "64", "--lr", "1e-2", "--seed", "3"])
+            .arg("--data-dir")
+            .arg(common::glue_dir())
+            .arg("--out")
+            .arg(dir.path().join("run"))
+            .arg("--export-hf")
+            .arg(&export),
+    );
+    let n = 24;
+    let out = dir.path().join("ls");
+    run_ok(
+        &mut landscape(
+            &out,
+            n,
+            &[
+                "--dims",
+                "1",
+                "--alpha",
+                "0:1:2",
+                "--no-plot",
+                "--head-from",
+            ],
+        )
+        .arg(&export),
+    );
+    let file = landscape::read_file(&out.join("landscape.parquet")).unwrap();
+    assert_eq!(file.config.head_from.as_deref(), Some(export.as_path()));
+    let one = file.rows.iter().find(|r| r.alpha == 1.0).unwrap();
+    let eval = |checkpoint: Option<&Path>| -> f64 {
+        let mut cmd = sift_lab();
+        cmd.args([
+            "eval",
+            "--task",
+            "rte",
+            "--split",
+            "train",
+            "--max-len",
+            "64",
+        ])
+        .args(["--batch-size", "8", "--limit", &n.to_string(), "--json"])
+        .arg("--data-dir")
+        .arg(common::glue_dir());
+        if let Some(c) = checkpoint {
+            cmd.arg("--checkpoint").arg(c);
+        }
+        let report: serde_json::Value = serde_json::from_str(&run_ok(&mut cmd)).unwrap();
+        report["mean_loss"].as_f64().unwrap()
+    };
+    let trained = eval(Some(&export));
+    assert!(
+        (one.loss - trained).abs() < 1e-6,
+        "α = 1 with --head-from: {} vs eval --checkpoint {trained}",
+        one.loss
+    );
+    let seeded = eval(None);
+    assert!(
+        (trained - seeded).abs() > 1e-4,
+        "the trained head should change the loss ({trained} vs {seeded})"
+    );
+
+    // A checkpoint whose classifier is not trained (the pretrained encoder alone) is refused.
+    let snapshot = sift_lab::hub::resolve(&common::default_model())
+        .unwrap()
+        .dir()
+        .to_path_buf();
+    let err = run_err(
+        &mut landscape(
+            &dir.path().join("bad"),
+            n,
+            &[
+                "--dims",
+                "1",
+                "--alpha",
+                "0:1:2",
+                "--no-plot",
+                "--head-from",
+            ],
+        )
+        .arg(&snapshot),
+    );
+    assert!(
+        err.contains("--head-from") && err.contains("no trained"),
+        "{err}"
+    );
+}
+
 fn t2(values: &[f32], rows: usize, cols: usize) -> Tensor {
     Tensor::from_vec(values.to_vec(), (rows, cols), &Device::Cpu).unwrap()
 }

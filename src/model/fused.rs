@@ -1,4 +1,5 @@
-//! Fused CPU kernels that record a backward pass: layer norm and last-dimension softmax.
+//! Fused CPU kernels that record a backward pass: layer norm and GELU; and the row softmax the
+//! attention op (`attention.rs`) uses.
 //!
 //! candle's own fused versions (`candle_nn::ops::layer_norm`, `softmax_last_dim`) drop the
 //! gradient, and the versions built from elementary ops cost a dozen passes over memory (each a
@@ -277,50 +278,6 @@ impl CustomOp3 for LayerNorm {
 
 // ---------------------------------------------------------------- softmax
 
-/// Softmax over the last dimension, with its gradient `dx = y ⊙ (δ − Σ δ⊙y)`.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op1_arc(std::sync::Arc::new(Box::new(SoftmaxLastDim {
-            scale: 1.0,
-            mask: None,
-        })))
-}
-
-/// Attention weights `softmax(scale · scores + mask)` in one pass: scores (B, …, T), mask (B, T)
-/// (0 at tokens, a large negative number at padding, a constant: it gets no gradient).
-/// Replaces a scale, a broadcast add and a softmax, each a full pass over the scores.
-pub fn masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
-    scores
-        .contiguous()?
-        .apply_op1_arc(std::sync::Arc::new(Box::new(SoftmaxLastDim {
-            scale,
-            mask: Some(mask.detach().contiguous()?),
-        })))
-}
-
-struct SoftmaxLastDim {
-    scale: f64,
-    mask: Option<Tensor>,
-}
-
-/// Rows of length `n`; with a mask of `batches` rows, row r uses mask row r / (rows / batches).
-fn softmax_rows<T: Float>(x: &[T], n: usize, scale: T, mask: Option<&[T]>) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    let rows_per_mask_row = mask.map_or(1, |m| (x.len() / n) / (m.len() / n).max(1));
-    y.par_chunks_mut(n)
-        .zip(x.par_chunks(n))
-        .enumerate()
-        .for_each(|(row, (y, x))| {
-            let b = row / rows_per_mask_row;
-            let mask_row = mask.map(|m| &m[b * n..(b + 1) * n]);
-            vectorized(
-                #[inline(always)]
-                || softmax_row(x, y, scale, mask_row),
-            )
-        });
-    y
-}
-
 /// `y = softmax(scale · x + mask)` of one row (the mask, if any, is added after scaling).
 #[inline(always)]
 pub(super) fn softmax_row<T: Float>(x: &[T], y: &mut [T], scale: T, mask: Option<&[T]>) {
@@ -343,85 +300,6 @@ pub(super) fn softmax_row<T: Float>(x: &[T], y: &mut [T], scale: T, mask: Option
     let inv = T::one() / lane_dot(y, None);
     for v in y.iter_mut() {
         *v *= inv;
-    }
-}
-
-/// dx = scale · y ⊙ (δ − Σ δ⊙y), row by row.
-fn softmax_grad<T: Float>(y: &[T], grad: &[T], n: usize, scale: T) -> Vec<T> {
-    let mut dx = vec![T::zero(); y.len()];
-    dx.par_chunks_mut(n)
-        .zip(y.par_chunks(n))
-        .zip(grad.par_chunks(n))
-        .for_each(|((dx, y), g)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let dot = lane_dot(y, Some(g));
-                    for i in 0..n {
-                        dx[i] = scale * y[i] * (g[i] - dot);
-                    }
-                },
-            )
-        });
-    dx
-}
-
-impl CustomOp1 for SoftmaxLastDim {
-    fn name(&self) -> &'static str {
-        "softmax-last-dim"
-    }
-
-    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = layout.shape().dims();
-        let n = dims.last().copied().unwrap_or(1);
-        if let Some(mask) = &self.mask {
-            let (batches, tokens) = mask.dims2()?;
-            if dims[0] != batches || tokens != n {
-                candle_core::bail!(
-                    "masked-softmax: mask {:?} does not fit scores {dims:?}",
-                    mask.dims()
-                );
-            }
-        }
-        macro_rules! run {
-            ($t:ty) => {{
-                let xs = slice::<$t>(x, layout)?;
-                match &self.mask {
-                    Some(mask) => with_slice::<$t, _>(mask, |m| {
-                        Ok(softmax_rows(xs, n, self.scale as $t, Some(m)))
-                    })?,
-                    None => softmax_rows(xs, n, self.scale as $t, None),
-                }
-            }};
-        }
-        let y = match x {
-            CpuStorage::F32(_) => CpuStorage::F32(run!(f32)),
-            CpuStorage::F64(_) => CpuStorage::F64(run!(f64)),
-            _ => candle_core::bail!("softmax-last-dim: only f32 and f64"),
-        };
-        Ok((y, layout.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let n = res.dims().last().copied().unwrap_or(1);
-        let dx = match res.dtype() {
-            candle_core::DType::F32 => with_slice::<f32, _>(res, |y| {
-                with_slice::<f32, _>(grad, |g| {
-                    Tensor::from_vec(
-                        softmax_grad(y, g, n, self.scale as f32),
-                        res.shape(),
-                        res.device(),
-                    )
-                })
-            })?,
-            candle_core::DType::F64 => with_slice::<f64, _>(res, |y| {
-                with_slice::<f64, _>(grad, |g| {
-                    Tensor::from_vec(softmax_grad(y, g, n, self.scale), res.shape(), res.device())
-                })
-            })?,
-            d => candle_core::bail!("softmax-last-dim: unsupported dtype {d:?}"),
-        };
-        Ok(Some(dx))
     }
 }
 

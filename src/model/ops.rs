@@ -6,6 +6,8 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::fused::{slice, with_slice};
+
 /// `x · wᵀ + b` (x 2-D (rows, in), w (out, in), b (out)) as one GEMM that accumulates onto the
 /// bias rows, so the bias add costs no extra pass. The backward pass computes only what a
 /// tracked input needs: `dx = δ · w`, `dw = δᵀ · x` (none for a frozen weight: candle's generic
@@ -118,14 +120,14 @@ impl CustomOp3 for LinearOp {
         }
         let y = match x {
             CpuStorage::F32(_) => CpuStorage::F32(Self::forward(
-                contiguous_slice::<f32>(x, xl)?,
-                contiguous_slice::<f32>(w, wl)?,
-                contiguous_slice::<f32>(b, bl)?,
+                slice::<f32>(x, xl)?,
+                slice::<f32>(w, wl)?,
+                slice::<f32>(b, bl)?,
             )),
             CpuStorage::F64(_) => CpuStorage::F64(Self::forward(
-                contiguous_slice::<f64>(x, xl)?,
-                contiguous_slice::<f64>(w, wl)?,
-                contiguous_slice::<f64>(b, bl)?,
+                slice::<f64>(x, xl)?,
+                slice::<f64>(w, wl)?,
+                slice::<f64>(b, bl)?,
             )),
             _ => candle_core::bail!("linear: only f32 and f64 are supported"),
         };
@@ -229,30 +231,6 @@ struct SparseLinear {
     cols: std::sync::Arc<[u32]>,
 }
 
-/// The slice behind a contiguous CPU tensor.
-fn contiguous_slice<'a, T: candle_core::WithDType>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-) -> Result<&'a [T]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("sparse-linear: input must be contiguous".into()))?;
-    Ok(&storage.as_slice::<T>()?[start..end])
-}
-
-/// Runs `f` on the CPU slice of a contiguous tensor.
-fn with_cpu_slice<T: candle_core::WithDType, R>(
-    t: &Tensor,
-    f: impl FnOnce(&[T]) -> Result<R>,
-) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("sparse-linear: CPU tensors only")
-    };
-    f(contiguous_slice::<T>(cpu, layout)?)
-}
-
 impl SparseLinear {
     fn forward<T: candle_core::WithDType>(&self, x: &[T], w: &[T], v: &[T], b: &[T]) -> Vec<T> {
         use rayon::prelude::*;
@@ -349,12 +327,12 @@ impl CustomOp3 for SparseLinear {
         let out_dim = self.weight.dim(0)?;
         macro_rules! run {
             ($t:ty) => {
-                with_cpu_slice::<$t, _>(&self.weight, |w| {
+                with_slice::<$t, _>(&self.weight, |w| {
                     Ok(self.forward(
-                        contiguous_slice::<$t>(x, xl)?,
+                        slice::<$t>(x, xl)?,
                         w,
-                        contiguous_slice::<$t>(v, vl)?,
-                        contiguous_slice::<$t>(b, bl)?,
+                        slice::<$t>(v, vl)?,
+                        slice::<$t>(b, bl)?,
                     ))
                 })?
             };
@@ -379,10 +357,10 @@ impl CustomOp3 for SparseLinear {
         let device = x.device();
         macro_rules! run {
             ($t:ty) => {
-                with_cpu_slice::<$t, _>(x, |xs| {
-                    with_cpu_slice::<$t, _>(&self.weight, |ws| {
-                        with_cpu_slice::<$t, _>(values, |vs| {
-                            with_cpu_slice::<$t, _>(&grad, |gs| {
+                with_slice::<$t, _>(x, |xs| {
+                    with_slice::<$t, _>(&self.weight, |ws| {
+                        with_slice::<$t, _>(values, |vs| {
+                            with_slice::<$t, _>(&grad, |gs| {
                                 let (dx, dv) = self.backward(xs, ws, vs, gs, x.track_op());
                                 Ok((
                                     dx.map(|dx| Tensor::from_vec(dx, x.shape(), device))
