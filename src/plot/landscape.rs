@@ -149,6 +149,10 @@ pub fn texts(config: &LandscapeConfig, n_examples: usize, two_d: bool) -> Texts 
         Some(p) => format!("; moving {p}"),
         None => String::new(),
     };
+    let head = match &config.head_from {
+        Some(dir) => format!("; trained head from {}", dir.display()),
+        None => String::new(),
+    };
     let alpha_label = match config.directions {
         Directions::Paper => "α   (α = 0: θ0 random init,  α = 1: θ1 pretrained)",
         Directions::FilterNormalized => "α   (step along d1; α = 0: θ1 pretrained)",
@@ -170,7 +174,7 @@ pub fn texts(config: &LandscapeConfig, n_examples: usize, two_d: bool) -> Texts 
     Texts {
         title: format!("{what}: {} on {task}", config.model_short()),
         subtitle: format!(
-            "{plane}{moving}; {n_examples} {} examples (max {} tokens), seed {}",
+            "{plane}{moving}{head}; {n_examples} {} examples (max {} tokens), seed {}",
             config.split, config.max_len, config.seed
         ),
         alpha_label: alpha_label.to_string(),
