@@ -60,6 +60,28 @@ fn landscape(out: &Path, examples: usize, extra: &[&str]) -> Command {
     cmd
 }
 
+/// `sift-lab eval --json` on the first `n` RTE train examples (the landscape tests' set), of the
+/// default model or of `checkpoint`.
+fn eval_report(n: usize, checkpoint: Option<&Path>) -> serde_json::Value {
+    let mut cmd = sift_lab();
+    cmd.args([
+        "eval",
+        "--task",
+        "rte",
+        "--split",
+        "train",
+        "--max-len",
+        "64",
+    ])
+    .args(["--batch-size", "8", "--limit", &n.to_string(), "--json"])
+    .arg("--data-dir")
+    .arg(common::glue_dir());
+    if let Some(c) = checkpoint {
+        cmd.arg("--checkpoint").arg(c);
+    }
+    serde_json::from_str(&run_ok(&mut cmd)).unwrap()
+}
+
 fn rows(path: &Path) -> Vec<Row> {
     landscape::read_file(path).unwrap().rows
 }
@@ -92,22 +114,7 @@ fn alpha_one_is_sift_lab_eval_and_alpha_zero_is_theta0() {
         .any(|(k, v)| k == sift_lab::table::VERSION_KEY && v == env!("CARGO_PKG_VERSION")));
 
     // α = 1 against the `sift-lab eval` binary on the same examples.
-    let stdout = run_ok(
-        sift_lab()
-            .args([
-                "eval",
-                "--task",
-                "rte",
-                "--split",
-                "train",
-                "--max-len",
-                "64",
-            ])
-            .args(["--batch-size", "8", "--limit", &n.to_string(), "--json"])
-            .arg("--data-dir")
-            .arg(common::glue_dir()),
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let report = eval_report(n, None);
     let one = at(1.0);
     assert_eq!(one.n_examples, n);
     let eval_loss = report["mean_loss"].as_f64().unwrap();
@@ -213,26 +220,7 @@ fn head_from_uses_the_trained_head_of_a_train_export() {
     let file = landscape::read_file(&out.join("landscape.parquet")).unwrap();
     assert_eq!(file.config.head_from.as_deref(), Some(export.as_path()));
     let one = file.rows.iter().find(|r| r.alpha == 1.0).unwrap();
-    let eval = |checkpoint: Option<&Path>| -> f64 {
-        let mut cmd = sift_lab();
-        cmd.args([
-            "eval",
-            "--task",
-            "rte",
-            "--split",
-            "train",
-            "--max-len",
-            "64",
-        ])
-        .args(["--batch-size", "8", "--limit", &n.to_string(), "--json"])
-        .arg("--data-dir")
-        .arg(common::glue_dir());
-        if let Some(c) = checkpoint {
-            cmd.arg("--checkpoint").arg(c);
-        }
-        let report: serde_json::Value = serde_json::from_str(&run_ok(&mut cmd)).unwrap();
-        report["mean_loss"].as_f64().unwrap()
-    };
+    let eval = |checkpoint| eval_report(n, checkpoint)["mean_loss"].as_f64().unwrap();
     let trained = eval(Some(&export));
     assert!(
         (one.loss - trained).abs() < 1e-6,
