@@ -202,21 +202,13 @@ fn head_from_uses_the_trained_head_of_a_train_export() {
     );
     let n = 24;
     let out = dir.path().join("ls");
-    run_ok(
-        &mut landscape(
-            &out,
-            n,
-            &[
-                "--dims",
-                "1",
-                "--alpha",
-                "0:1:2",
-                "--no-plot",
-                "--head-from",
-            ],
-        )
-        .arg(&export),
-    );
+    // A 2-point line (α = 0, 1) with the head of checkpoint `head`.
+    let with_head = |out: &Path, head: &Path| {
+        let mut cmd = landscape(out, n, &["--dims", "1", "--alpha", "0:1:2", "--no-plot"]);
+        cmd.arg("--head-from").arg(head);
+        cmd
+    };
+    run_ok(&mut with_head(&out, &export));
     let file = landscape::read_file(&out.join("landscape.parquet")).unwrap();
     assert_eq!(file.config.head_from.as_deref(), Some(export.as_path()));
     let one = file.rows.iter().find(|r| r.alpha == 1.0).unwrap();
@@ -238,21 +230,7 @@ fn head_from_uses_the_trained_head_of_a_train_export() {
         .unwrap()
         .dir()
         .to_path_buf();
-    let err = run_err(
-        &mut landscape(
-            &dir.path().join("bad"),
-            n,
-            &[
-                "--dims",
-                "1",
-                "--alpha",
-                "0:1:2",
-                "--no-plot",
-                "--head-from",
-            ],
-        )
-        .arg(&snapshot),
-    );
+    let err = run_err(&mut with_head(&dir.path().join("bad"), &snapshot));
     assert!(
         err.contains("--head-from") && err.contains("no trained"),
         "{err}"
