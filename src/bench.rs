@@ -147,8 +147,9 @@ fn time_training(
     let mut optimizer = AdamW::new(method.params()?, AdamWConfig::default())?;
     let seconds = time(config.warmup, config.iters, || {
         let classifier = pretrained.build(&method.effective_weights()?)?;
-        let logits = classifier.forward(&x.ids, &x.types, &x.mask, Mode::Training)?;
-        let gradients = optimizer.gradients(&model::mean_loss(&logits, &x.labels)?.backward()?)?;
+        let (_, grads) =
+            model::loss_and_gradients(&classifier, &x.ids, &x.types, &x.mask, &x.labels)?;
+        let gradients = optimizer.gradients(&grads)?;
         optimizer.step(&gradients, 1e-5)?;
         Ok(())
     })?;
@@ -222,8 +223,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
             let method = full()?;
             let classifier = pretrained.build(&method.effective_weights()?)?;
             report.forward_backward_s = Some(time(config.warmup, config.iters, || {
-                let logits = classifier.forward(&x.ids, &x.types, &x.mask, Mode::Training)?;
-                model::mean_loss(&logits, &x.labels)?.backward()?;
+                model::loss_and_gradients(&classifier, &x.ids, &x.types, &x.mask, &x.labels)?;
                 Ok(())
             })?);
             record(time_training(&method, &pretrained, &x, config)?);

@@ -342,7 +342,8 @@ impl FineTuning {
                 bound,
                 seed,
                 weight.device(),
-            )?;
+            )?
+            .to_dtype(weight.dtype())?;
             let b = Tensor::zeros((out_dim, rank), weight.dtype(), weight.device())?;
             method.lora.push(LoraTarget {
                 name: name.clone(),

@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{BatchOrder, Dataset, Split, Task};
 use crate::methods::{self, FineTuning, MethodKind, Selection};
-use crate::model::{self, Mode, Pretrained};
+use crate::model::{self, Pretrained};
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::{eval, progress, table};
 
@@ -235,21 +235,20 @@ pub fn run(
             let batch = batch?;
             // Rebuilt every step from the live Vars, so the last update is in this forward.
             let classifier = pretrained.build(&method.effective_weights()?)?;
-            let logits = classifier.forward(
+            let (loss_value, grads) = model::loss_and_gradients(
+                &classifier,
                 &batch.input_ids,
                 &batch.token_type_ids,
                 &batch.attention_mask,
-                Mode::Training,
+                &batch.labels,
             )?;
-            let loss = model::mean_loss(&logits, &batch.labels)?;
-            let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !loss_value.is_finite() {
                 status = "diverged";
                 bar.abandon();
                 eprintln!("training diverged at epoch {} step {steps}: loss {loss_value}; lower --lr (now {}). Results so far are in {}", epoch + 1, config.lr, out.display());
                 break 'epochs;
             }
-            let mut gradients = optimizer.gradients(&loss.backward()?)?;
+            let mut gradients = optimizer.gradients(&grads)?;
             optim::clip_global_norm(&mut gradients, config.max_grad_norm)?;
             let lr = optim::linear_schedule(steps, warmup, total_steps, config.lr);
             optimizer.step(&gradients, lr)?;
@@ -473,13 +472,13 @@ pub fn accumulated_gradients(
         .take(config.selection_batches)
     {
         let batch = batch?;
-        let logits = classifier.forward(
+        let (_, grads) = model::loss_and_gradients(
+            &classifier,
             &batch.input_ids,
             &batch.token_type_ids,
             &batch.attention_mask,
-            Mode::Training,
+            &batch.labels,
         )?;
-        let grads = model::mean_loss(&logits, &batch.labels)?.backward()?;
         for (name, var) in &vars {
             let g = grads
                 .get(var.as_tensor())

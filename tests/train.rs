@@ -499,3 +499,125 @@ fn resume_after_a_kill_matches_an_uninterrupted_run() {
         .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--resume"));
 }
+
+/// The hand-written training pass (`model::loss_and_gradients`) gives the loss and every
+/// gradient that candle's autograd gives on the same model, in f64, for each method: full,
+/// head-only, SIFT on every tensor kind (factored Δ on weights; W + scatter on biases,
+/// LayerNorm and embeddings), LoRA with non-zero B, and a regression head.
+#[test]
+fn hand_written_pass_equals_candle_autograd_for_every_method() {
+    for num_labels in [2, 1] {
+        let mut pretrained = common::pretrained(num_labels);
+        pretrained.weights = pretrained
+            .weights
+            .iter()
+            .map(|(n, t)| (n.clone(), t.to_dtype(DType::F64).unwrap()))
+            .collect();
+        let mut b = batch(&pretrained, 3, 40);
+        if num_labels == 1 {
+            b.labels = Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap();
+        }
+        assert!(
+            b.attention_mask
+                .sum_all()
+                .unwrap()
+                .to_scalar::<u32>()
+                .unwrap()
+                < 3 * 40,
+            "the batch should have padding"
+        );
+        let head = head(&pretrained);
+        let all = methods::target_names("all", &pretrained.config).unwrap();
+        let linear = methods::target_names("q,k,v,o,ffn", &pretrained.config).unwrap();
+        let mut cases = vec![
+            (
+                "full",
+                FineTuning::dense(MethodKind::Full, &pretrained.weights, &head).unwrap(),
+            ),
+            (
+                "head",
+                FineTuning::dense(MethodKind::Head, &pretrained.weights, &head).unwrap(),
+            ),
+            (
+                "sift on every tensor",
+                FineTuning::sparse(
+                    MethodKind::Sift,
+                    &pretrained.weights,
+                    &head,
+                    &methods::select_random(&shapes(&pretrained, &all), 0.02, 5),
+                )
+                .unwrap(),
+            ),
+            (
+                "lora",
+                FineTuning::lora(&pretrained.weights, &head, &linear, 4, 8.0, 1).unwrap(),
+            ),
+        ];
+        if num_labels == 1 {
+            cases.truncate(1);
+        }
+        for (label, method) in cases.iter_mut() {
+            // (The key bias's gradient is exactly zero in theory, ~1e-20 in practice: hence the
+            // floor on the scale.)
+            // Non-zero increments, so that Δ and B·A take part in the forward pass too.
+            for (i, p) in method.params().unwrap().iter().enumerate() {
+                if p.name.ends_with(".delta") || p.name.ends_with(".lora_B") {
+                    let noise = Tensor::randn(0.0, 0.02, p.var.shape(), &Device::Cpu)
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap();
+                    p.var.set(&noise).unwrap_or_else(|e| panic!("{i}: {e}"));
+                }
+            }
+            let classifier = pretrained
+                .build(&method.effective_weights().unwrap())
+                .unwrap();
+            let autograd_loss = loss(&pretrained, &method.effective_weights().unwrap(), &b);
+            let expected = autograd_loss.backward().unwrap();
+            let (got_loss, got) = model::loss_and_gradients(
+                &classifier,
+                &b.input_ids,
+                &b.token_type_ids,
+                &b.attention_mask,
+                &b.labels,
+            )
+            .unwrap();
+            let expected_loss = autograd_loss.to_scalar::<f64>().unwrap();
+            assert!(
+                (got_loss - expected_loss).abs() < 1e-12,
+                "{label}: loss {got_loss} vs {expected_loss}"
+            );
+            let params = method.params().unwrap();
+            for p in &params {
+                let want = expected
+                    .get(p.var.as_tensor())
+                    .unwrap_or_else(|| panic!("{label}: autograd gave no gradient for {}", p.name));
+                let have = got
+                    .get(p.var.as_tensor())
+                    .unwrap_or_else(|| panic!("{label}: no gradient for {}", p.name));
+                let scale = want
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+                    .max(1e-9);
+                let diff = (have - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+                assert!(
+                    diff <= 1e-9 * scale,
+                    "{label}: {} differs by {diff:e} (scale {scale:e})",
+                    p.name
+                );
+            }
+            eprintln!("{label}: {} gradients agree", params.len());
+        }
+    }
+}

@@ -39,6 +39,30 @@ struct Attention {
     heads: usize,
 }
 
+/// [`attention`] on slices: q, k, v (B·T, H·D) row-major, `mask` (B, T).
+pub(super) fn forward_slices<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: &[T],
+    (batch, seq, heads): (usize, usize, usize),
+) -> Vec<T> {
+    let dims = Dims::of(batch, seq, heads, q.len() / (batch * seq));
+    Attention::forward_blocks(q, k, v, mask, dims)
+}
+
+/// The backward pass of [`forward_slices`]: (dq, dk, dv) from the output gradient.
+#[allow(clippy::type_complexity)]
+pub(super) fn backward_slices<T: Float>(
+    (q, k, v): (&[T], &[T], &[T]),
+    mask: &[T],
+    grad: &[T],
+    (batch, seq, heads): (usize, usize, usize),
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let dims = Dims::of(batch, seq, heads, q.len() / (batch * seq));
+    Attention::backward_blocks(q, k, v, mask, grad, dims)
+}
+
 /// A raw pointer that rayon tasks may share: each task writes a disjoint (batch, head) block.
 #[derive(Clone, Copy)]
 struct Shared<T>(*mut T);
@@ -68,6 +92,14 @@ impl Dims {
             heads,
             head_dim: width / heads,
         })
+    }
+    fn of(batch: usize, seq: usize, heads: usize, width: usize) -> Self {
+        Self {
+            batch,
+            seq,
+            heads,
+            head_dim: width / heads,
+        }
     }
     fn width(&self) -> usize {
         self.heads * self.head_dim
@@ -112,7 +144,7 @@ fn weights<T: Float>(q: &[T], k: &[T], mask: &[T], dims: Dims, block: usize, pro
 }
 
 impl Attention {
-    fn forward<T: Float>(&self, q: &[T], k: &[T], v: &[T], mask: &[T], dims: Dims) -> Vec<T> {
+    fn forward_blocks<T: Float>(q: &[T], k: &[T], v: &[T], mask: &[T], dims: Dims) -> Vec<T> {
         let (t, d, w) = (dims.seq, dims.head_dim, dims.width() as isize);
         let mut out = vec![T::zero(); q.len()];
         let dst = Shared(out.as_mut_ptr());
@@ -144,8 +176,7 @@ impl Attention {
     /// (dq, dk, dv). With P the weights, G the output gradient and s = 1/√D, per block:
     /// dP = G·vᵀ, dv = Pᵀ·G, dS = s·P ⊙ (dP − rowsum(dP ⊙ P)), dq = dS·k, dk = dSᵀ·q.
     #[allow(clippy::type_complexity)]
-    fn backward<T: Float>(
-        &self,
+    fn backward_blocks<T: Float>(
         q: &[T],
         k: &[T],
         v: &[T],
@@ -265,7 +296,7 @@ impl CustomOp3 for Attention {
         macro_rules! run {
             ($t:ty) => {
                 with_slice::<$t, _>(&self.mask, |mask| {
-                    Ok(self.forward(
+                    Ok(Self::forward_blocks(
                         slice::<$t>(q, ql)?,
                         slice::<$t>(k, kl)?,
                         slice::<$t>(v, vl)?,
@@ -300,7 +331,8 @@ impl CustomOp3 for Attention {
                         with_slice::<$t, _>(v, |vs| {
                             with_slice::<$t, _>(&self.mask, |ms| {
                                 with_slice::<$t, _>(grad, |gs| {
-                                    let (dq, dk, dv) = self.backward(qs, ks, vs, ms, gs, dims);
+                                    let (dq, dk, dv) =
+                                        Self::backward_blocks(qs, ks, vs, ms, gs, dims);
                                     let shape = q.shape();
                                     Ok((
                                         Tensor::from_vec(dq, shape, q.device())?,

@@ -32,17 +32,17 @@ pub mod increment {
 }
 
 #[derive(Debug, Clone)]
-struct SparseDelta {
-    rows: Vec<u32>,
-    cols: Vec<u32>,
-    values: Tensor,
+pub(super) struct SparseDelta {
+    pub(super) rows: Vec<u32>,
+    pub(super) cols: Vec<u32>,
+    pub(super) values: Tensor,
 }
 
 #[derive(Debug, Clone)]
-struct LoraFactors {
-    a: Tensor,
-    b: Tensor,
-    scale: f64,
+pub(super) struct LoraFactors {
+    pub(super) a: Tensor,
+    pub(super) b: Tensor,
+    pub(super) scale: f64,
 }
 
 /// y = x (W + Δ)ᵀ + b over the last dimension, for inputs of any rank, where the increment Δ is
@@ -53,8 +53,8 @@ struct LoraFactors {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
-    delta: Option<SparseDelta>,
-    lora: Option<LoraFactors>,
+    pub(super) delta: Option<SparseDelta>,
+    pub(super) lora: Option<LoraFactors>,
 }
 
 impl Linear {
@@ -122,10 +122,10 @@ impl Module for Linear {
 }
 
 #[derive(Debug, Clone)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+pub(super) struct LayerNorm {
+    pub(super) weight: Tensor,
+    pub(super) bias: Tensor,
+    pub(super) eps: f64,
 }
 
 impl LayerNorm {
@@ -157,13 +157,13 @@ fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
 }
 
 #[derive(Debug, Clone)]
-struct Embeddings {
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
-    layer_norm: LayerNorm,
-    family: Family,
-    pad_id: u32,
+pub(super) struct Embeddings {
+    pub(super) word: Tensor,
+    pub(super) position: Tensor,
+    pub(super) token_type: Tensor,
+    pub(super) layer_norm: LayerNorm,
+    pub(super) family: Family,
+    pub(super) pad_id: u32,
 }
 
 impl Embeddings {
@@ -181,7 +181,7 @@ impl Embeddings {
 
     /// Position ids: 0..T for BERT; for RoBERTa, pad + 1 + running count of non-pad tokens,
     /// and pad at padding positions (transformers' `create_position_ids_from_input_ids`).
-    fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+    pub(super) fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         let ids: Vec<u32> = match self.family {
             Family::Bert => (0..batch).flat_map(|_| 0..seq as u32).collect(),
@@ -223,17 +223,17 @@ impl Embeddings {
 }
 
 #[derive(Debug, Clone)]
-struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attention_output: Linear,
-    attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    output_norm: LayerNorm,
-    num_heads: usize,
-    activation: Activation,
+pub(super) struct Layer {
+    pub(super) query: Linear,
+    pub(super) key: Linear,
+    pub(super) value: Linear,
+    pub(super) attention_output: Linear,
+    pub(super) attention_norm: LayerNorm,
+    pub(super) intermediate: Linear,
+    pub(super) output: Linear,
+    pub(super) output_norm: LayerNorm,
+    pub(super) num_heads: usize,
+    pub(super) activation: Activation,
 }
 
 impl Layer {
@@ -254,6 +254,18 @@ impl Layer {
         })
     }
 
+    /// The six linear layers, in forward order: q, k, v, attention output, intermediate, output.
+    pub(super) fn linears(&self) -> [&Linear; 6] {
+        [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.attention_output,
+            &self.intermediate,
+            &self.output,
+        ]
+    }
+
     /// `x`: (B·T, hidden), one row per token; `mask_bias`: (B, T), 0 at tokens and a large
     /// negative number at padding.
     fn forward(&self, x: &Tensor, mask_bias: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -272,7 +284,7 @@ impl Layer {
 
 /// The task head on top of the encoder.
 #[derive(Debug, Clone)]
-enum Head {
+pub(super) enum Head {
     /// BERT: tanh(pooler(h_[CLS])) → classifier.
     Bert { pooler: Linear, classifier: Linear },
     /// RoBERTa: out_proj(tanh(dense(h_<s>))).
@@ -309,9 +321,9 @@ impl Head {
 /// (without dropout: sift-lab's evaluations and gradients are deterministic).
 #[derive(Debug, Clone)]
 pub struct SequenceClassifier {
-    embeddings: Embeddings,
-    layers: Vec<Layer>,
-    head: Head,
+    pub(super) embeddings: Embeddings,
+    pub(super) layers: Vec<Layer>,
+    pub(super) head: Head,
     pub num_labels: usize,
 }
 

@@ -139,12 +139,12 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
     )
 }
 
-struct LayerNorm {
-    eps: f64,
+pub(super) struct LayerNorm {
+    pub(super) eps: f64,
 }
 
 impl LayerNorm {
-    fn forward<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
+    pub(super) fn forward<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
         let h = gamma.len();
         let mut y = vec![T::zero(); x.len()];
         y.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
@@ -158,7 +158,12 @@ impl LayerNorm {
 
     /// (dx, dγ, dβ). With x̂ = (x − mean)·rstd and d = δ·γ:
     /// dx = rstd · (d − mean(d) − x̂ · mean(d · x̂)); dγ = Σ_rows δ·x̂; dβ = Σ_rows δ.
-    fn backward<T: Float>(&self, x: &[T], gamma: &[T], grad: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    pub(super) fn backward<T: Float>(
+        &self,
+        x: &[T],
+        gamma: &[T],
+        grad: &[T],
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let h = gamma.len();
         let mut dx = vec![T::zero(); x.len()];
         dx.par_chunks_mut(h)
@@ -320,7 +325,7 @@ fn normal_cdf<T: Float>(x: T) -> T {
     half * (T::one() + (x * T::f(std::f64::consts::FRAC_1_SQRT_2)).erf())
 }
 
-fn gelu_rows<T: Float>(x: &[T]) -> Vec<T> {
+pub(super) fn gelu_rows<T: Float>(x: &[T]) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
@@ -337,7 +342,7 @@ fn gelu_rows<T: Float>(x: &[T]) -> Vec<T> {
     y
 }
 
-fn gelu_grad<T: Float>(x: &[T], grad: &[T]) -> Vec<T> {
+pub(super) fn gelu_grad<T: Float>(x: &[T], grad: &[T]) -> Vec<T> {
     let inv_sqrt_2pi = T::f(0.398_942_280_401_432_7);
     let minus_half = T::f(-0.5);
     let mut dx = vec![T::zero(); x.len()];

@@ -1,6 +1,7 @@
 //! Models: configuration, the weight map, θ0, and the BERT-family classifier.
 
 pub mod attention;
+pub mod backprop;
 pub mod bert;
 pub mod config;
 pub mod fast_math;
@@ -16,6 +17,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use candle_nn::VarBuilder;
 
+pub use backprop::loss_and_gradients;
 pub use bert::{mean_loss, per_example_loss, Mode, SequenceClassifier};
 pub use config::{EncoderConfig, Family};
 pub use weights::WeightMap;

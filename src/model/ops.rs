@@ -68,30 +68,94 @@ pub(super) unsafe fn gemm_strided<T: candle_core::WithDType>(
     }
 }
 
-impl LinearOp {
-    fn forward<T: candle_core::WithDType>(x: &[T], w: &[T], b: &[T]) -> Vec<T> {
-        let (n, k) = (b.len(), w.len() / b.len());
-        let m = x.len() / k;
-        let mut y: Vec<T> = Vec::with_capacity(m * n);
-        for _ in 0..m {
-            y.extend_from_slice(b);
-        }
-        // y (m × n, row-major) += x (m × k, row-major) · wᵀ (k × n: element (i, j) at w[j·k + i]).
-        unsafe {
-            gemm_strided(
-                (m, n, k),
-                y.as_mut_ptr(),
-                (1, n as isize),
-                true,
-                x.as_ptr(),
-                (1, k as isize),
-                w.as_ptr(),
-                (k as isize, 1),
-                true,
-            )
-        };
-        y
+/// `x · wᵀ + b` on slices: x (rows × in), w (out × in), b (out), all row-major.
+pub(super) fn dense_forward<T: candle_core::WithDType>(x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    let (n, k) = (b.len(), w.len() / b.len());
+    let m = x.len() / k;
+    let mut y: Vec<T> = Vec::with_capacity(m * n);
+    for _ in 0..m {
+        y.extend_from_slice(b);
     }
+    // y (m × n, row-major) += x (m × k, row-major) · wᵀ (k × n: element (i, j) at w[j·k + i]).
+    unsafe {
+        gemm_strided(
+            (m, n, k),
+            y.as_mut_ptr(),
+            (1, n as isize),
+            true,
+            x.as_ptr(),
+            (1, k as isize),
+            w.as_ptr(),
+            (k as isize, 1),
+            true,
+        )
+    };
+    y
+}
+
+/// `y[n, rows[s]] += values[s] · x[n, cols[s]]` for every row n: a sparse Δ's share of y = x·Δᵀ.
+pub(super) fn sparse_forward_add<T: candle_core::WithDType>(
+    y: &mut [T],
+    x: &[T],
+    (rows, cols, values): (&[u32], &[u32], &[T]),
+    (in_dim, out_dim): (usize, usize),
+) {
+    use rayon::prelude::*;
+    y.par_chunks_mut(out_dim)
+        .zip(x.par_chunks(in_dim))
+        .for_each(|(y, x)| {
+            for ((&r, &c), &v) in rows.iter().zip(cols).zip(values) {
+                y[r as usize] += v * x[c as usize];
+            }
+        });
+}
+
+/// `dx[n, cols[s]] += values[s] · δ[n, rows[s]]`: a sparse Δ's share of dx = δ·Δ.
+pub(super) fn sparse_dx_add<T: candle_core::WithDType>(
+    dx: &mut [T],
+    grad: &[T],
+    (rows, cols, values): (&[u32], &[u32], &[T]),
+    (in_dim, out_dim): (usize, usize),
+) {
+    use rayon::prelude::*;
+    dx.par_chunks_mut(in_dim)
+        .zip(grad.par_chunks(out_dim))
+        .for_each(|(dx, g)| {
+            for ((&r, &c), &v) in rows.iter().zip(cols).zip(values) {
+                dx[c as usize] += v * g[r as usize];
+            }
+        });
+}
+
+/// The sampled products `dv_s = Σ_n δ[n, rows[s]] · x[n, cols[s]]`: the entries of δᵀx at the
+/// selected positions, without forming δᵀx. Row blocks accumulate privately, then add up.
+pub(super) fn sampled_products<T: candle_core::WithDType>(
+    x: &[T],
+    grad: &[T],
+    (rows, cols): (&[u32], &[u32]),
+    (in_dim, out_dim): (usize, usize),
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let k = rows.len();
+    let block = 64;
+    x.par_chunks(in_dim * block)
+        .zip(grad.par_chunks(out_dim * block))
+        .map(|(xb, gb)| {
+            let mut acc = vec![T::zero(); k];
+            for (x, g) in xb.chunks(in_dim).zip(gb.chunks(out_dim)) {
+                for (s, (&r, &c)) in rows.iter().zip(cols).enumerate() {
+                    acc[s] += g[r as usize] * x[c as usize];
+                }
+            }
+            acc
+        })
+        .reduce(
+            || vec![T::zero(); k],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
 }
 
 impl CustomOp3 for LinearOp {
@@ -119,12 +183,12 @@ impl CustomOp3 for LinearOp {
             );
         }
         let y = match x {
-            CpuStorage::F32(_) => CpuStorage::F32(Self::forward(
+            CpuStorage::F32(_) => CpuStorage::F32(dense_forward(
                 slice::<f32>(x, xl)?,
                 slice::<f32>(w, wl)?,
                 slice::<f32>(b, bl)?,
             )),
-            CpuStorage::F64(_) => CpuStorage::F64(Self::forward(
+            CpuStorage::F64(_) => CpuStorage::F64(dense_forward(
                 slice::<f64>(x, xl)?,
                 slice::<f64>(w, wl)?,
                 slice::<f64>(b, bl)?,
@@ -164,37 +228,38 @@ impl CustomOp3 for LinearOp {
     }
 }
 
-/// Σ over rows of a contiguous 2-D f32/f64 tensor: row blocks summed in parallel, each a run
-/// of vectorisable row additions (candle's `sum(0)` walks the matrix column-strided).
-fn column_sums(grad: &Tensor) -> Result<Tensor> {
+/// Σ over rows of a row-major matrix with `n` columns: row blocks summed in parallel, each a
+/// run of vectorisable row additions (candle's `sum(0)` walks the matrix column-strided).
+pub(super) fn column_sums_of<T: candle_core::WithDType>(g: &[T], n: usize) -> Vec<T> {
     use rayon::prelude::*;
-    fn sums<T: candle_core::WithDType>(g: &[T], n: usize) -> Vec<T> {
-        g.par_chunks(n * 256)
-            .map(|block| {
-                let mut acc = vec![T::zero(); n];
-                for row in block.chunks_exact(n) {
-                    for (a, &v) in acc.iter_mut().zip(row) {
-                        *a += v;
-                    }
+    g.par_chunks(n * 256)
+        .map(|block| {
+            let mut acc = vec![T::zero(); n];
+            for row in block.chunks_exact(n) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v;
                 }
-                acc
-            })
-            .reduce(
-                || vec![T::zero(); n],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            )
-    }
+            }
+            acc
+        })
+        .reduce(
+            || vec![T::zero(); n],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
+
+fn column_sums(grad: &Tensor) -> Result<Tensor> {
     let n = grad.dim(1)?;
     match grad.dtype() {
         candle_core::DType::F32 => Tensor::new(
-            sums(&grad.flatten_all()?.to_vec1::<f32>()?, n),
+            column_sums_of(&grad.flatten_all()?.to_vec1::<f32>()?, n),
             grad.device(),
         ),
         candle_core::DType::F64 => Tensor::new(
-            sums(&grad.flatten_all()?.to_vec1::<f64>()?, n),
+            column_sums_of(&grad.flatten_all()?.to_vec1::<f64>()?, n),
             grad.device(),
         ),
         d => candle_core::bail!("linear: unsupported dtype {d:?}"),
@@ -233,16 +298,9 @@ struct SparseLinear {
 
 impl SparseLinear {
     fn forward<T: candle_core::WithDType>(&self, x: &[T], w: &[T], v: &[T], b: &[T]) -> Vec<T> {
-        use rayon::prelude::*;
-        let mut y = LinearOp::forward(x, w, b);
-        let (in_dim, out_dim) = (w.len() / b.len(), b.len());
-        y.par_chunks_mut(out_dim)
-            .zip(x.par_chunks(in_dim))
-            .for_each(|(y, x)| {
-                for ((&r, &c), &v) in self.rows.iter().zip(self.cols.iter()).zip(v) {
-                    y[r as usize] += v * x[c as usize];
-                }
-            });
+        let mut y = dense_forward(x, w, b);
+        let dims = (w.len() / b.len(), b.len());
+        sparse_forward_add(&mut y, x, (&self.rows, &self.cols, v), dims);
         y
     }
 
@@ -255,10 +313,8 @@ impl SparseLinear {
         grad: &[T],
         want_dx: bool,
     ) -> (Option<Vec<T>>, Vec<T>) {
-        use rayon::prelude::*;
         let (out_dim, in_dim) = (self.weight.dims()[0], self.weight.dims()[1]);
         let m = x.len() / in_dim;
-        let k = values.len();
         let dx = want_dx.then(|| {
             let mut dx = vec![T::zero(); x.len()];
             // dx (m × in) = δ (m × out) · W (out × in), then the sparse part row by row.
@@ -275,36 +331,11 @@ impl SparseLinear {
                     true,
                 )
             };
-            dx.par_chunks_mut(in_dim)
-                .zip(grad.par_chunks(out_dim))
-                .for_each(|(dx, g)| {
-                    for ((&r, &c), &v) in self.rows.iter().zip(self.cols.iter()).zip(values) {
-                        dx[c as usize] += v * g[r as usize];
-                    }
-                });
+            let entries = (&self.rows[..], &self.cols[..], values);
+            sparse_dx_add(&mut dx, grad, entries, (in_dim, out_dim));
             dx
         });
-        // Row blocks accumulate privately, then add up: no contention, deterministic per block.
-        let block = 64;
-        let dvalues = x
-            .par_chunks(in_dim * block)
-            .zip(grad.par_chunks(out_dim * block))
-            .map(|(xb, gb)| {
-                let mut acc = vec![T::zero(); k];
-                for (x, g) in xb.chunks(in_dim).zip(gb.chunks(out_dim)) {
-                    for (s, (&r, &c)) in self.rows.iter().zip(self.cols.iter()).enumerate() {
-                        acc[s] += g[r as usize] * x[c as usize];
-                    }
-                }
-                acc
-            })
-            .reduce(
-                || vec![T::zero(); k],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+        let dvalues = sampled_products(x, grad, (&self.rows, &self.cols), (in_dim, out_dim));
         (dx, dvalues)
     }
 }
