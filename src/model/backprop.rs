@@ -10,6 +10,7 @@
 //! (`fused.rs`, `attention.rs`, `ops.rs`). `tests/model.rs` checks every gradient against
 //! candle's autograd on the same model, for full, SIFT (incl. non-linear targets) and LoRA.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
@@ -293,15 +294,17 @@ fn add_into<T: WithDType>(dst: &mut [T], src: &[T]) {
         .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d += s));
 }
 
-/// What a linear layer's tensors hold, as slices.
-struct LinearSlices<'a, T> {
-    layer: &'a Linear,
-    weight: &'a [T],
+/// What a linear layer's tensors hold, as slices, with its effective weight.
+struct LinearSlices<'a, T: Clone> {
+    /// W + Δ (SIFT, random) or W + (α/r)·B·A (LoRA), formed once per pass: an out × in copy
+    /// costs nothing next to the GEMMs, and the forward pass and dx are then plain GEMMs.
+    /// Borrowed W when there is no increment.
+    weight: Cow<'a, [T]>,
     bias: &'a [T],
     in_dim: usize,
     out_dim: usize,
-    /// Sparse Δ: rows, columns, values.
-    delta: Option<(&'a [u32], &'a [u32], &'a [T])>,
+    /// Sparse Δ: rows, columns.
+    delta: Option<(&'a [u32], &'a [u32])>,
     /// LoRA: A (r × in), B (out × r), r, α/r.
     lora: Option<(&'a [T], &'a [T], usize, T)>,
 }
@@ -334,8 +337,6 @@ struct LayerTape<T> {
     inner: Vec<T>,
     /// Input of the output layer norm.
     output_sum: Vec<T>,
-    /// LoRA's scaled hidden x·Aᵀ·α/r per linear (q, k, v, o, intermediate, output).
-    lora: [Option<Vec<T>>; 6],
 }
 
 struct Pass<'a, T> {
@@ -380,17 +381,31 @@ impl<'a, T: Float> Pass<'a, T> {
 
     fn linear(&self, l: &'a Linear) -> Result<LinearSlices<'a, T>> {
         let (out_dim, in_dim) = l.weight.dims2()?;
-        let delta = match &l.delta {
-            Some(d) => Some((&d.rows[..], &d.cols[..], self.get(&d.values)?)),
-            None => None,
-        };
-        let lora = match &l.lora {
-            Some(f) => Some((self.get(&f.a)?, self.get(&f.b)?, f.a.dim(0)?, T::f(f.scale))),
-            None => None,
-        };
+        let base = self.get(&l.weight)?;
+        let mut weight = Cow::Borrowed(base);
+        let mut delta = None;
+        if let Some(d) = &l.delta {
+            let w = weight.to_mut();
+            for ((&r, &c), &v) in d.rows.iter().zip(&d.cols).zip(self.get(&d.values)?) {
+                w[r as usize * in_dim + c as usize] += v;
+            }
+            delta = Some((&d.rows[..], &d.cols[..]));
+        }
+        let mut lora = None;
+        if let Some(f) = &l.lora {
+            let (a, b, rank, scale) =
+                (self.get(&f.a)?, self.get(&f.b)?, f.a.dim(0)?, T::f(f.scale));
+            let mut ba = vec![T::zero(); out_dim * in_dim];
+            matmul_nn(&mut ba, false, b, a, (out_dim, in_dim, rank));
+            weight
+                .to_mut()
+                .iter_mut()
+                .zip(&ba)
+                .for_each(|(w, &d)| *w += scale * d);
+            lora = Some((a, b, rank, scale));
+        }
         Ok(LinearSlices {
-            layer: l,
-            weight: self.get(&l.weight)?,
+            weight,
             bias: self.get(&l.bias)?,
             in_dim,
             out_dim,
@@ -399,25 +414,10 @@ impl<'a, T: Float> Pass<'a, T> {
         })
     }
 
-    /// y = x·(W + Δ)ᵀ + b, and LoRA's hidden h = (α/r)·x·Aᵀ (kept: dB = δᵀh).
-    fn linear_forward(&self, l: &'a Linear, x: &[T]) -> Result<(Vec<T>, Option<Vec<T>>)> {
+    /// y = x·W_effᵀ + b.
+    fn linear_forward(&self, l: &'a Linear, x: &[T]) -> Result<Vec<T>> {
         let s = self.linear(l)?;
-        let rows = x.len() / s.in_dim;
-        let mut y = ops::dense_forward(x, s.weight, s.bias);
-        if let Some(entries) = s.delta {
-            ops::sparse_forward_add(&mut y, x, entries, (s.in_dim, s.out_dim));
-        }
-        let hidden = match s.lora {
-            Some((a, b, rank, scale)) => {
-                let mut h = vec![T::zero(); rows * rank];
-                matmul_nt(&mut h, false, x, a, (rows, rank, s.in_dim));
-                h.iter_mut().for_each(|v| *v *= scale);
-                matmul_nt(&mut y, true, &h, b, (rows, s.out_dim, rank));
-                Some(h)
-            }
-            None => None,
-        };
-        Ok((y, hidden))
+        Ok(ops::dense_forward(x, &s.weight, s.bias))
     }
 
     /// From the output gradient `dy`: the gradients of the layer's trained tensors, and dx
@@ -427,53 +427,40 @@ impl<'a, T: Float> Pass<'a, T> {
         l: &'a Linear,
         x: &[T],
         dy: &[T],
-        lora_hidden: Option<&[T]>,
         dx: Option<(&mut [T], bool)>,
     ) -> Result<()> {
         let s = self.linear(l)?;
         let rows = x.len() / s.in_dim;
         let (in_dim, out_dim) = (s.in_dim, s.out_dim);
-        // LoRA: with g = δ·B (rows × r), dB = δᵀh and dA = (α/r)·gᵀx, dx += (α/r)·g·A.
-        let lora_g = match s.lora {
-            Some((_, b, rank, scale)) => {
-                let mut g = vec![T::zero(); rows * rank];
-                matmul_nn(&mut g, false, dy, b, (rows, rank, out_dim));
-                g.iter_mut().for_each(|v| *v *= scale);
-                Some(g)
-            }
-            None => None,
-        };
         if let Some((dx, accumulate)) = dx {
-            matmul_nn(dx, accumulate, dy, s.weight, (rows, in_dim, out_dim));
-            if let Some(entries) = s.delta {
-                ops::sparse_dx_add(dx, dy, entries, (in_dim, out_dim));
-            }
-            if let (Some((a, _, rank, _)), Some(g)) = (s.lora, &lora_g) {
-                matmul_nn(dx, true, g, a, (rows, in_dim, rank));
-            }
+            matmul_nn(dx, accumulate, dy, &s.weight, (rows, in_dim, out_dim));
         }
-        if s.layer.weight.track_op() {
+        if l.weight.track_op() {
             let dw = matmul_tn(dy, x, (out_dim, in_dim, rows));
             self.record(&l.weight, dw);
         }
-        if s.layer.bias.track_op() {
+        if l.bias.track_op() {
             self.record(&l.bias, ops::column_sums_of(dy, out_dim));
         }
-        if let Some(d) = &l.delta {
+        if let (Some(d), Some(entries)) = (&l.delta, s.delta) {
             if d.values.track_op() {
-                let (r, c, _) = s.delta.expect("delta slices");
-                let dv = ops::sampled_products(x, dy, (r, c), (in_dim, out_dim));
+                let dv = ops::sampled_products(x, dy, entries, (in_dim, out_dim));
                 self.record(&d.values, dv);
             }
         }
-        if let (Some(f), Some(g)) = (&l.lora, &lora_g) {
-            let rank = f.a.dim(0)?;
+        // LoRA, W_eff = W + s·B·A: dB = s·δᵀ·(x·Aᵀ), dA = s·(δ·B)ᵀ·x.
+        if let (Some(f), Some((a, b, rank, scale))) = (&l.lora, s.lora) {
             if f.b.track_op() {
-                let h = lora_hidden.expect("LoRA hidden kept by the forward pass");
-                self.record(&f.b, matmul_tn(dy, h, (out_dim, rank, rows)));
+                let mut hidden = vec![T::zero(); rows * rank];
+                matmul_nt(&mut hidden, false, x, a, (rows, rank, in_dim));
+                hidden.iter_mut().for_each(|v| *v *= scale);
+                self.record(&f.b, matmul_tn(dy, &hidden, (out_dim, rank, rows)));
             }
             if f.a.track_op() {
-                self.record(&f.a, matmul_tn(g, x, (rank, in_dim, rows)));
+                let mut g = vec![T::zero(); rows * rank];
+                matmul_nn(&mut g, false, dy, b, (rows, rank, out_dim));
+                g.iter_mut().for_each(|v| *v *= scale);
+                self.record(&f.a, matmul_tn(&g, x, (rank, in_dim, rows)));
             }
         }
         Ok(())
@@ -495,17 +482,17 @@ impl<'a, T: Float> Pass<'a, T> {
 
     fn layer_forward(&self, index: usize, input: Vec<T>) -> Result<(LayerTape<T>, Vec<T>)> {
         let layer = &self.model.layers[index];
-        let (q, lq) = self.linear_forward(&layer.query, &input)?;
-        let (k, lk) = self.linear_forward(&layer.key, &input)?;
-        let (v, lv) = self.linear_forward(&layer.value, &input)?;
+        let q = self.linear_forward(&layer.query, &input)?;
+        let k = self.linear_forward(&layer.key, &input)?;
+        let v = self.linear_forward(&layer.value, &input)?;
         let shape = (self.batch.batch, self.batch.seq, layer.num_heads);
         let context = attention::forward_slices(&q, &k, &v, &self.mask, shape);
-        let (mut attention_sum, lo) = self.linear_forward(&layer.attention_output, &context)?;
+        let mut attention_sum = self.linear_forward(&layer.attention_output, &context)?;
         add_into(&mut attention_sum, &input);
         let attended = self.norm_forward(&layer.attention_norm, &attention_sum)?;
-        let (inner_pre, li) = self.linear_forward(&layer.intermediate, &attended)?;
+        let inner_pre = self.linear_forward(&layer.intermediate, &attended)?;
         let inner = fused::gelu_rows(&inner_pre);
-        let (mut output_sum, lout) = self.linear_forward(&layer.output, &inner)?;
+        let mut output_sum = self.linear_forward(&layer.output, &inner)?;
         add_into(&mut output_sum, &attended);
         let output = self.norm_forward(&layer.output_norm, &output_sum)?;
         let tape = LayerTape {
@@ -519,7 +506,6 @@ impl<'a, T: Float> Pass<'a, T> {
             inner_pre,
             inner,
             output_sum,
-            lora: [lq, lk, lv, lo, li, lout],
         };
         Ok((tape, output))
     }
@@ -547,7 +533,6 @@ impl<'a, T: Float> Pass<'a, T> {
             .any(|l| linear_trained(l));
         let attention_norm_or_below = attention_or_below || norm_trained(&layer.attention_norm);
         let intermediate_or_below = attention_norm_or_below || linear_trained(&layer.intermediate);
-        let lora = |i: usize| tape.lora[i].as_deref();
 
         let mut d_sum = self.norm_backward(&layer.output_norm, &tape.output_sum, &d_output)?;
         let mut d_inner = intermediate_or_below.then(|| vec![T::zero(); tape.inner.len()]);
@@ -555,7 +540,6 @@ impl<'a, T: Float> Pass<'a, T> {
             &layer.output,
             &tape.inner,
             &d_sum,
-            lora(5),
             d_inner.as_deref_mut().map(|d| (d, false)),
         )?;
         let Some(d_inner) = d_inner else {
@@ -568,7 +552,6 @@ impl<'a, T: Float> Pass<'a, T> {
             &layer.intermediate,
             &tape.attended,
             &d_inner_pre,
-            lora(4),
             attention_norm_or_below.then_some((&mut d_sum[..], true)),
         )?;
         if !attention_norm_or_below {
@@ -584,20 +567,15 @@ impl<'a, T: Float> Pass<'a, T> {
             &layer.attention_output,
             &tape.context,
             &d_attention_sum,
-            lora(3),
             Some((&mut d_context, false)),
         )?;
         let shape = (self.batch.batch, self.batch.seq, layer.num_heads);
         let (dq, dk, dv) =
             attention::backward_slices((&tape.q, &tape.k, &tape.v), &self.mask, &d_context, shape);
         // d(input) = the residual's d_attention_sum + dx of q, k and v, in place.
-        for (l, d, i) in [
-            (&layer.query, dq, 0),
-            (&layer.key, dk, 1),
-            (&layer.value, dv, 2),
-        ] {
+        for (l, d) in [(&layer.query, dq), (&layer.key, dk), (&layer.value, dv)] {
             let dx = need_input.then_some((&mut d_attention_sum[..], true));
-            self.linear_backward(l, &tape.input, &d, lora(i), dx)?;
+            self.linear_backward(l, &tape.input, &d, dx)?;
         }
         Ok(need_input.then_some(d_attention_sum))
     }
@@ -649,9 +627,9 @@ impl<'a, T: Float> Pass<'a, T> {
                     .copied()
             })
             .collect();
-        let (pre, dense_lora) = self.linear_forward(dense, &first)?;
+        let pre = self.linear_forward(dense, &first)?;
         let pooled: Vec<T> = pre.iter().map(|v| T::f(v.g().tanh())).collect();
-        let (logits, out_lora) = self.linear_forward(out_proj, &pooled)?;
+        let logits = self.linear_forward(out_proj, &pooled)?;
         let (loss, d_logits) = loss_and_logit_gradient(&logits, &self.batch.labels, batch)?;
 
         // Which parts below the head are trained: the backward pass stops at the lowest.
@@ -677,13 +655,7 @@ impl<'a, T: Float> Pass<'a, T> {
         let encoder_trained = *trained_below.last().unwrap();
 
         let mut d_pooled = vec![T::zero(); pooled.len()];
-        self.linear_backward(
-            out_proj,
-            &pooled,
-            &d_logits,
-            out_lora.as_deref(),
-            Some((&mut d_pooled, false)),
-        )?;
+        self.linear_backward(out_proj, &pooled, &d_logits, Some((&mut d_pooled, false)))?;
         let d_pre: Vec<T> = d_pooled
             .iter()
             .zip(&pooled)
@@ -694,7 +666,6 @@ impl<'a, T: Float> Pass<'a, T> {
             dense,
             &first,
             &d_pre,
-            dense_lora.as_deref(),
             d_first.as_deref_mut().map(|d| (d, false)),
         )?;
         let Some(d_first) = d_first else {
