@@ -39,82 +39,106 @@ struct Attention {
     heads: usize,
 }
 
-/// [`attention`] on slices: q, k, v (B·T, H·D) row-major, `mask` (B, T).
-pub(super) fn forward_slices<T: Float>(
+/// Attention over packed sequences: sequence i is rows `start..start + len` of q, k, v (rows,
+/// H·D), for each `(start, len)` in `sequences`, and attends to itself only, with no mask.
+/// This is [`attention`] with the padding rows removed: a padding key gets weight exactly 0
+/// there (exp(−1e30) underflows), and a padding query's row reaches no token's output.
+pub(super) fn forward_packed<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],
-    mask: &[T],
-    (batch, seq, heads): (usize, usize, usize),
+    sequences: &[(usize, usize)],
+    heads: usize,
 ) -> Vec<T> {
-    let dims = Dims::of(batch, seq, heads, q.len() / (batch * seq));
-    Attention::forward_blocks(q, k, v, mask, dims)
+    let rows: usize = sequences.iter().map(|s| s.1).sum();
+    let blocks = Blocks::packed(sequences, heads, q.len() / rows.max(1));
+    Attention::forward_blocks(q, k, v, None, &blocks)
 }
 
-/// The backward pass of [`forward_slices`]: (dq, dk, dv) from the output gradient.
+/// The backward pass of [`forward_packed`]: (dq, dk, dv) from the output gradient.
 #[allow(clippy::type_complexity)]
-pub(super) fn backward_slices<T: Float>(
+pub(super) fn backward_packed<T: Float>(
     (q, k, v): (&[T], &[T], &[T]),
-    mask: &[T],
     grad: &[T],
-    (batch, seq, heads): (usize, usize, usize),
+    sequences: &[(usize, usize)],
+    heads: usize,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let dims = Dims::of(batch, seq, heads, q.len() / (batch * seq));
-    Attention::backward_blocks(q, k, v, mask, grad, dims)
+    let rows: usize = sequences.iter().map(|s| s.1).sum();
+    let blocks = Blocks::packed(sequences, heads, q.len() / rows.max(1));
+    Attention::backward_blocks(q, k, v, None, grad, &blocks)
 }
 
-/// A raw pointer that rayon tasks may share: each task writes a disjoint (batch, head) block.
+/// A raw pointer that rayon tasks may share: each task writes a disjoint (sequence, head) block.
 #[derive(Clone, Copy)]
 struct Shared<T>(*mut T);
 unsafe impl<T> Send for Shared<T> {}
 unsafe impl<T> Sync for Shared<T> {}
 
-/// Shapes of one call: B, T, H, D and the row stride H·D.
+/// One (sequence, head) block: `len` rows from element `base` of a (rows, H·D) matrix, with
+/// its mask row at `mask[mask_offset..]` if there is a mask.
 #[derive(Clone, Copy)]
-struct Dims {
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
+struct Block {
+    base: usize,
+    len: usize,
+    mask_offset: usize,
 }
 
-impl Dims {
-    fn new(rows: usize, width: usize, mask: &Tensor, heads: usize) -> Result<Self> {
+/// The blocks of one call, and the shared shapes: D and the row stride H·D.
+struct Blocks {
+    blocks: Vec<Block>,
+    head_dim: usize,
+    width: usize,
+}
+
+impl Blocks {
+    /// B sequences of T rows each (padded; the mask is (B, T)).
+    fn padded(batch: usize, seq: usize, heads: usize, width: usize) -> Self {
+        let sequences: Vec<(usize, usize)> = (0..batch).map(|b| (b * seq, seq)).collect();
+        Self::packed(&sequences, heads, width)
+    }
+
+    fn packed(sequences: &[(usize, usize)], heads: usize, width: usize) -> Self {
+        let head_dim = width / heads;
+        let blocks = sequences
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &(start, len))| {
+                (0..heads).map(move |h| Block {
+                    base: start * width + h * head_dim,
+                    len,
+                    mask_offset: i * len,
+                })
+            })
+            .collect();
+        Self {
+            blocks,
+            head_dim,
+            width,
+        }
+    }
+
+    fn check(rows: usize, width: usize, mask: &Tensor, heads: usize) -> Result<Self> {
         let (batch, seq) = mask.dims2()?;
         if batch * seq != rows || width % heads != 0 {
             candle_core::bail!(
                 "attention: {rows} × {width} inputs do not fit a {batch} × {seq} mask and {heads} heads"
             );
         }
-        Ok(Self {
-            batch,
-            seq,
-            heads,
-            head_dim: width / heads,
-        })
-    }
-    fn of(batch: usize, seq: usize, heads: usize, width: usize) -> Self {
-        Self {
-            batch,
-            seq,
-            heads,
-            head_dim: width / heads,
-        }
-    }
-    fn width(&self) -> usize {
-        self.heads * self.head_dim
-    }
-    /// Offset of block (b, h)'s first element in a (B·T, H·D) matrix.
-    fn base(&self, block: usize) -> usize {
-        let (b, h) = (block / self.heads, block % self.heads);
-        b * self.seq * self.width() + h * self.head_dim
+        Ok(Self::padded(batch, seq, heads, width))
     }
 }
 
-/// Attention weights of block `block`: probs = softmax(scale · q_b·k_bᵀ + mask_b), row-major T × T.
-fn weights<T: Float>(q: &[T], k: &[T], mask: &[T], dims: Dims, block: usize, probs: &mut [T]) {
-    let (t, d, w) = (dims.seq, dims.head_dim, dims.width() as isize);
-    let base = dims.base(block);
+/// Attention weights of one block: probs = softmax(scale · q_b·k_bᵀ + mask_b), row-major T × T.
+fn weights<T: Float>(
+    q: &[T],
+    k: &[T],
+    mask: Option<&[T]>,
+    blocks: &Blocks,
+    block: Block,
+    probs: &mut [T],
+) {
+    let (t, d, w) = (block.len, blocks.head_dim, blocks.width as isize);
+    let base = block.base;
     let mut scores = vec![T::zero(); t * t];
     // scores (t × t) = q_b (t × d; row stride w) · k_bᵀ (d × t: element (i, j) at k[j·w + i]).
     unsafe {
@@ -130,46 +154,49 @@ fn weights<T: Float>(q: &[T], k: &[T], mask: &[T], dims: Dims, block: usize, pro
             false,
         )
     };
-    let b = block / dims.heads;
-    let mask_row = &mask[b * t..(b + 1) * t];
+    let mask_row = mask.map(|m| &m[block.mask_offset..block.mask_offset + t]);
     let scale = T::f(1.0 / (d as f64).sqrt());
     vectorized(
         #[inline(always)]
         || {
             for (s, p) in scores.chunks(t).zip(probs.chunks_mut(t)) {
-                softmax_row(s, p, scale, Some(mask_row));
+                softmax_row(s, p, scale, mask_row);
             }
         },
     );
 }
 
 impl Attention {
-    fn forward_blocks<T: Float>(q: &[T], k: &[T], v: &[T], mask: &[T], dims: Dims) -> Vec<T> {
-        let (t, d, w) = (dims.seq, dims.head_dim, dims.width() as isize);
+    fn forward_blocks<T: Float>(
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        mask: Option<&[T]>,
+        blocks: &Blocks,
+    ) -> Vec<T> {
+        let (d, w) = (blocks.head_dim, blocks.width as isize);
         let mut out = vec![T::zero(); q.len()];
         let dst = Shared(out.as_mut_ptr());
-        (0..dims.batch * dims.heads)
-            .into_par_iter()
-            .for_each(|block| {
-                let dst = dst;
-                let mut probs = vec![T::zero(); t * t];
-                weights(q, k, mask, dims, block, &mut probs);
-                let base = dims.base(block);
-                // out_b (t × d; row stride w) = probs (t × t) · v_b (t × d; row stride w).
-                unsafe {
-                    gemm_strided(
-                        (t, d, t),
-                        dst.0.add(base),
-                        (1, w),
-                        false,
-                        probs.as_ptr(),
-                        (1, t as isize),
-                        v[base..].as_ptr(),
-                        (1, w),
-                        false,
-                    )
-                };
-            });
+        blocks.blocks.par_iter().for_each(|&block| {
+            let dst = dst;
+            let t = block.len;
+            let mut probs = vec![T::zero(); t * t];
+            weights(q, k, mask, blocks, block, &mut probs);
+            // out_b (t × d; row stride w) = probs (t × t) · v_b (t × d; row stride w).
+            unsafe {
+                gemm_strided(
+                    (t, d, t),
+                    dst.0.add(block.base),
+                    (1, w),
+                    false,
+                    probs.as_ptr(),
+                    (1, t as isize),
+                    v[block.base..].as_ptr(),
+                    (1, w),
+                    false,
+                )
+            };
+        });
         out
     }
 
@@ -180,12 +207,11 @@ impl Attention {
         q: &[T],
         k: &[T],
         v: &[T],
-        mask: &[T],
+        mask: Option<&[T]>,
         grad: &[T],
-        dims: Dims,
+        blocks: &Blocks,
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
-        let (t, d, w) = (dims.seq, dims.head_dim, dims.width() as isize);
-        let ti = t as isize;
+        let (d, w) = (blocks.head_dim, blocks.width as isize);
         let (mut dq, mut dk, mut dv) = (
             vec![T::zero(); q.len()],
             vec![T::zero(); q.len()],
@@ -197,79 +223,78 @@ impl Attention {
             Shared(dv.as_mut_ptr()),
         );
         let scale = T::f(1.0 / (d as f64).sqrt());
-        (0..dims.batch * dims.heads)
-            .into_par_iter()
-            .for_each(|block| {
-                let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
-                let base = dims.base(block);
-                let mut probs = vec![T::zero(); t * t];
-                weights(q, k, mask, dims, block, &mut probs);
-                let mut dprobs = vec![T::zero(); t * t];
-                unsafe {
-                    // dP (t × t) = G_b (t × d) · v_bᵀ (d × t).
-                    gemm_strided(
-                        (t, t, d),
-                        dprobs.as_mut_ptr(),
-                        (1, ti),
-                        false,
-                        grad[base..].as_ptr(),
-                        (1, w),
-                        v[base..].as_ptr(),
-                        (w, 1),
-                        false,
-                    );
-                    // dv_b (t × d) = Pᵀ (t × t: element (i, j) at P[j·t + i]) · G_b.
-                    gemm_strided(
-                        (t, d, t),
-                        dv_ptr.0.add(base),
-                        (1, w),
-                        false,
-                        probs.as_ptr(),
-                        (ti, 1),
-                        grad[base..].as_ptr(),
-                        (1, w),
-                        false,
-                    );
-                }
-                // dS, in place of dP.
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (dp, p) in dprobs.chunks_mut(t).zip(probs.chunks(t)) {
-                            let dot = lane_dot(dp, Some(p));
-                            for (a, &b) in dp.iter_mut().zip(p) {
-                                *a = scale * b * (*a - dot);
-                            }
-                        }
-                    },
+        blocks.blocks.par_iter().for_each(|&block| {
+            let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
+            let (base, t) = (block.base, block.len);
+            let ti = t as isize;
+            let mut probs = vec![T::zero(); t * t];
+            weights(q, k, mask, blocks, block, &mut probs);
+            let mut dprobs = vec![T::zero(); t * t];
+            unsafe {
+                // dP (t × t) = G_b (t × d) · v_bᵀ (d × t).
+                gemm_strided(
+                    (t, t, d),
+                    dprobs.as_mut_ptr(),
+                    (1, ti),
+                    false,
+                    grad[base..].as_ptr(),
+                    (1, w),
+                    v[base..].as_ptr(),
+                    (w, 1),
+                    false,
                 );
-                unsafe {
-                    // dq_b (t × d) = dS (t × t) · k_b (t × d).
-                    gemm_strided(
-                        (t, d, t),
-                        dq_ptr.0.add(base),
-                        (1, w),
-                        false,
-                        dprobs.as_ptr(),
-                        (1, ti),
-                        k[base..].as_ptr(),
-                        (1, w),
-                        false,
-                    );
-                    // dk_b (t × d) = dSᵀ · q_b.
-                    gemm_strided(
-                        (t, d, t),
-                        dk_ptr.0.add(base),
-                        (1, w),
-                        false,
-                        dprobs.as_ptr(),
-                        (ti, 1),
-                        q[base..].as_ptr(),
-                        (1, w),
-                        false,
-                    );
-                }
-            });
+                // dv_b (t × d) = Pᵀ (t × t: element (i, j) at P[j·t + i]) · G_b.
+                gemm_strided(
+                    (t, d, t),
+                    dv_ptr.0.add(base),
+                    (1, w),
+                    false,
+                    probs.as_ptr(),
+                    (ti, 1),
+                    grad[base..].as_ptr(),
+                    (1, w),
+                    false,
+                );
+            }
+            // dS, in place of dP.
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (dp, p) in dprobs.chunks_mut(t).zip(probs.chunks(t)) {
+                        let dot = lane_dot(dp, Some(p));
+                        for (a, &b) in dp.iter_mut().zip(p) {
+                            *a = scale * b * (*a - dot);
+                        }
+                    }
+                },
+            );
+            unsafe {
+                // dq_b (t × d) = dS (t × t) · k_b (t × d).
+                gemm_strided(
+                    (t, d, t),
+                    dq_ptr.0.add(base),
+                    (1, w),
+                    false,
+                    dprobs.as_ptr(),
+                    (1, ti),
+                    k[base..].as_ptr(),
+                    (1, w),
+                    false,
+                );
+                // dk_b (t × d) = dSᵀ · q_b.
+                gemm_strided(
+                    (t, d, t),
+                    dk_ptr.0.add(base),
+                    (1, w),
+                    false,
+                    dprobs.as_ptr(),
+                    (ti, 1),
+                    q[base..].as_ptr(),
+                    (1, w),
+                    false,
+                );
+            }
+        });
         (dq, dk, dv)
     }
 }
@@ -292,7 +317,7 @@ impl CustomOp3 for Attention {
         if kl.shape() != ql.shape() || vl.shape() != ql.shape() {
             candle_core::bail!("attention: q, k, v shapes differ");
         }
-        let dims = Dims::new(rows, width, &self.mask, self.heads)?;
+        let blocks = Blocks::check(rows, width, &self.mask, self.heads)?;
         macro_rules! run {
             ($t:ty) => {
                 with_slice::<$t, _>(&self.mask, |mask| {
@@ -300,8 +325,8 @@ impl CustomOp3 for Attention {
                         slice::<$t>(q, ql)?,
                         slice::<$t>(k, kl)?,
                         slice::<$t>(v, vl)?,
-                        mask,
-                        dims,
+                        Some(mask),
+                        &blocks,
                     ))
                 })?
             };
@@ -323,7 +348,7 @@ impl CustomOp3 for Attention {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, width) = q.dims2()?;
-        let dims = Dims::new(rows, width, &self.mask, self.heads)?;
+        let blocks = Blocks::check(rows, width, &self.mask, self.heads)?;
         macro_rules! run {
             ($t:ty) => {
                 with_slice::<$t, _>(q, |qs| {
@@ -332,7 +357,7 @@ impl CustomOp3 for Attention {
                             with_slice::<$t, _>(&self.mask, |ms| {
                                 with_slice::<$t, _>(grad, |gs| {
                                     let (dq, dk, dv) =
-                                        Self::backward_blocks(qs, ks, vs, ms, gs, dims);
+                                        Self::backward_blocks(qs, ks, vs, Some(ms), gs, &blocks);
                                     let shape = q.shape();
                                     Ok((
                                         Tensor::from_vec(dq, shape, q.device())?,

@@ -40,7 +40,9 @@ pub fn loss_and_gradients(
         .layers
         .iter()
         .all(|l| l.activation == Activation::GeluErf)
-        && matches!(dtype, DType::F32 | DType::F64);
+        && matches!(dtype, DType::F32 | DType::F64)
+        // The head reads each example's first token: it must not be padding.
+        && attention_mask.narrow(1, 0, 1)?.to_dtype(DType::U32)?.min_all()?.to_scalar::<u32>()? == 1;
     if !covered {
         let logits = model.forward(input_ids, token_type_ids, attention_mask, Mode::Training)?;
         let loss = mean_loss(&logits, labels)?;
@@ -144,14 +146,20 @@ enum Labels {
     Targets(Vec<f64>),
 }
 
-/// One padded batch, as plain vectors.
+/// One padded batch, as plain vectors, and its tokens packed without the padding.
+///
+/// The pass runs on the packed tokens only: a padding token's key gets attention weight exactly
+/// 0 in the padded computation (exp(−1e30) underflows) and its own row reaches no token's
+/// output, so dropping it changes no loss and no gradient, and saves its share of every GEMM.
 struct Batch {
     batch: usize,
-    seq: usize,
     ids: Vec<u32>,
     types: Vec<u32>,
     positions: Vec<u32>,
-    mask: Vec<u32>,
+    /// The (B·T) flat index of each packed token, example by example.
+    kept: Vec<usize>,
+    /// Per example: its first packed row and its token count.
+    sequences: Vec<(usize, usize)>,
     labels: Labels,
 }
 
@@ -165,13 +173,21 @@ impl Batch {
     ) -> Result<Self> {
         let (batch, seq) = input_ids.dims2()?;
         let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>();
+        let mask = flat(attention_mask)?;
+        let mut kept = Vec::with_capacity(mask.len());
+        let mut sequences = Vec::with_capacity(batch);
+        for b in 0..batch {
+            let start = kept.len();
+            kept.extend((b * seq..(b + 1) * seq).filter(|&n| mask[n] != 0));
+            sequences.push((start, kept.len() - start));
+        }
         Ok(Self {
             batch,
-            seq,
             ids: flat(input_ids)?,
             types: flat(token_type_ids)?,
             positions: flat(&model.embeddings.position_ids(input_ids)?)?,
-            mask: flat(attention_mask)?,
+            kept,
+            sequences,
             labels: if labels.dtype() == DType::U32 {
                 Labels::Classes(labels.to_vec1()?)
             } else {
@@ -180,8 +196,9 @@ impl Batch {
         })
     }
 
+    /// Packed tokens.
     fn rows(&self) -> usize {
-        self.batch * self.seq
+        self.kept.len()
     }
 }
 
@@ -343,23 +360,15 @@ struct Pass<'a, T> {
     model: &'a SequenceClassifier,
     held: &'a Held<'a>,
     batch: &'a Batch,
-    /// Attention mask bias (B, T): 0 at tokens, −1e30 at padding (as the candle forward).
-    mask: Vec<T>,
     grads: Gradients<T>,
 }
 
 impl<'a, T: Float> Pass<'a, T> {
     fn new(model: &'a SequenceClassifier, held: &'a Held<'a>, batch: &'a Batch) -> Self {
-        let mask = batch
-            .mask
-            .iter()
-            .map(|&m| T::f(m as f64 * 1e30 - 1e30))
-            .collect();
         Self {
             model,
             held,
             batch,
-            mask,
             grads: Vec::new(),
         }
     }
@@ -485,8 +494,7 @@ impl<'a, T: Float> Pass<'a, T> {
         let q = self.linear_forward(&layer.query, &input)?;
         let k = self.linear_forward(&layer.key, &input)?;
         let v = self.linear_forward(&layer.value, &input)?;
-        let shape = (self.batch.batch, self.batch.seq, layer.num_heads);
-        let context = attention::forward_slices(&q, &k, &v, &self.mask, shape);
+        let context = attention::forward_packed(&q, &k, &v, &self.batch.sequences, layer.num_heads);
         let mut attention_sum = self.linear_forward(&layer.attention_output, &context)?;
         add_into(&mut attention_sum, &input);
         let attended = self.norm_forward(&layer.attention_norm, &attention_sum)?;
@@ -569,9 +577,12 @@ impl<'a, T: Float> Pass<'a, T> {
             &d_attention_sum,
             Some((&mut d_context, false)),
         )?;
-        let shape = (self.batch.batch, self.batch.seq, layer.num_heads);
-        let (dq, dk, dv) =
-            attention::backward_slices((&tape.q, &tape.k, &tape.v), &self.mask, &d_context, shape);
+        let (dq, dk, dv) = attention::backward_packed(
+            (&tape.q, &tape.k, &tape.v),
+            &d_context,
+            &self.batch.sequences,
+            layer.num_heads,
+        );
         // d(input) = the residual's d_attention_sum + dx of q, k and v, in place.
         for (l, d) in [(&layer.query, dq), (&layer.key, dk), (&layer.value, dv)] {
             let dx = need_input.then_some((&mut d_attention_sum[..], true));
@@ -583,7 +594,7 @@ impl<'a, T: Float> Pass<'a, T> {
     /// Loss, and the gradients of every trained tensor.
     fn run(mut self) -> Result<(f64, Gradients<T>)> {
         let model = self.model;
-        let (rows, batch, seq) = (self.batch.rows(), self.batch.batch, self.batch.seq);
+        let (rows, batch) = (self.batch.rows(), self.batch.batch);
         let e = &model.embeddings;
         let width = e.word.dim(1)?;
 
@@ -594,7 +605,7 @@ impl<'a, T: Float> Pass<'a, T> {
             self.get(&e.position)?,
         );
         let mut embedded = vec![T::zero(); rows * width];
-        for (n, row) in embedded.chunks_mut(width).enumerate() {
+        for (&n, row) in self.batch.kept.iter().zip(embedded.chunks_mut(width)) {
             let (w, t, p) = (
                 self.batch.ids[n] as usize,
                 self.batch.types[n] as usize,
@@ -620,12 +631,11 @@ impl<'a, T: Float> Pass<'a, T> {
 
         // Head on the first token of each example: tanh(dense(h)) → out_proj.
         let (dense, out_proj) = head_linears(&model.head);
-        let first: Vec<T> = (0..batch)
-            .flat_map(|b| {
-                hidden[b * seq * width..(b * seq + 1) * width]
-                    .iter()
-                    .copied()
-            })
+        let first: Vec<T> = self
+            .batch
+            .sequences
+            .iter()
+            .flat_map(|&(start, _)| hidden[start * width..(start + 1) * width].iter().copied())
             .collect();
         let pre = self.linear_forward(dense, &first)?;
         let pooled: Vec<T> = pre.iter().map(|v| T::f(v.g().tanh())).collect();
@@ -672,8 +682,8 @@ impl<'a, T: Float> Pass<'a, T> {
             return Ok((loss, self.grads));
         };
         let mut d_hidden = vec![T::zero(); rows * width];
-        for b in 0..batch {
-            d_hidden[b * seq * width..(b * seq + 1) * width]
+        for (b, &(start, _)) in self.batch.sequences.iter().enumerate() {
+            d_hidden[start * width..(start + 1) * width]
                 .copy_from_slice(&d_first[b * width..(b + 1) * width]);
         }
 
@@ -700,12 +710,10 @@ impl<'a, T: Float> Pass<'a, T> {
                 continue;
             }
             let mut d_table = vec![T::zero(); table.elem_count()];
-            for (n, &id) in ids.iter().enumerate() {
-                let id = id as usize;
+            for (&n, g) in self.batch.kept.iter().zip(d_embedded.chunks(width)) {
+                let id = ids[n] as usize;
                 let dst = &mut d_table[id * width..(id + 1) * width];
-                dst.iter_mut()
-                    .zip(&d_embedded[n * width..(n + 1) * width])
-                    .for_each(|(d, &g)| *d += g);
+                dst.iter_mut().zip(g).for_each(|(d, &g)| *d += g);
             }
             self.record(table, d_table);
         }
