@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::data::{BatchOrder, Dataset, Split, Task};
 use crate::methods::{self, FineTuning, MethodKind};
-use crate::model::{self, Mode, Pretrained};
+use crate::model::{self, Pretrained};
 use crate::optim::{AdamW, AdamWConfig};
 
 /// What one benchmark process measures (one arm per process, so peak RSS is per arm).
@@ -180,7 +180,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let forward = || -> Result<f64> {
         let classifier = pretrained.build(&pretrained.weights)?;
         time(config.warmup, config.iters, || {
-            classifier.forward(&x.ids, &x.types, &x.mask, Mode::Inference)?;
+            model::logits(&classifier, &x.ids, &x.types, &x.mask)?;
             Ok(())
         })
     };

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::data::{BatchOrder, Dataset, Label, Split, Task};
 use crate::metrics;
-use crate::model::{self, Mode, SequenceClassifier};
+use crate::model::{self, SequenceClassifier};
 
 #[derive(Debug, Clone)]
 pub struct EvalConfig {
@@ -127,11 +127,11 @@ pub fn evaluate(
     let mut predictions = Predictions::default();
     for batch in dataset.batches(batch_size, BatchOrder::Sequential, device) {
         let batch = batch?;
-        let logits = classifier.forward(
+        let logits = model::logits(
+            classifier,
             &batch.input_ids,
             &batch.token_type_ids,
             &batch.attention_mask,
-            Mode::Inference,
         )?;
         let losses = model::per_example_loss(&logits, &batch.labels)?;
         predictions

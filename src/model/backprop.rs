@@ -35,26 +35,24 @@ pub fn loss_and_gradients(
     attention_mask: &Tensor,
     labels: &Tensor,
 ) -> Result<(f64, GradStore)> {
-    let dtype = model.embeddings.word.dtype();
-    let covered = model
-        .layers
-        .iter()
-        .all(|l| l.activation == Activation::GeluErf)
-        && matches!(dtype, DType::F32 | DType::F64)
-        // The head reads each example's first token: it must not be padding.
-        && attention_mask.narrow(1, 0, 1)?.to_dtype(DType::U32)?.min_all()?.to_scalar::<u32>()? == 1;
-    if !covered {
+    if !covered(model, attention_mask)? {
         let logits = model.forward(input_ids, token_type_ids, attention_mask, Mode::Training)?;
         let loss = mean_loss(&logits, labels)?;
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         return Ok((value, loss.backward()?));
     }
-    let batch = Batch::new(model, input_ids, token_type_ids, attention_mask, labels)?;
+    let batch = Batch::new(
+        model,
+        input_ids,
+        token_type_ids,
+        attention_mask,
+        Some(labels),
+    )?;
     let mut held = Held::default();
     for t in model_tensors(model) {
         held.hold(t)?;
     }
-    let (loss, grads) = match dtype {
+    let (loss, grads) = match model.embeddings.word.dtype() {
         DType::F32 => {
             let (loss, grads) = Pass::<f32>::new(model, &held, &batch).run()?;
             (loss, into_tensors(grads)?)
@@ -65,6 +63,54 @@ pub fn loss_and_gradients(
         }
     };
     Ok((loss, grad_store(grads)?))
+}
+
+/// Logits (B, num_labels) of a padded batch, from the same packed forward pass (no padding
+/// rows computed, nothing kept): what evaluation uses. Equals `model.forward` in either mode.
+pub fn logits(
+    model: &SequenceClassifier,
+    input_ids: &Tensor,
+    token_type_ids: &Tensor,
+    attention_mask: &Tensor,
+) -> Result<Tensor> {
+    if !covered(model, attention_mask)? {
+        return model.forward(input_ids, token_type_ids, attention_mask, Mode::Inference);
+    }
+    let batch = Batch::new(model, input_ids, token_type_ids, attention_mask, None)?;
+    let mut held = Held::default();
+    for t in model_tensors(model) {
+        held.hold(t)?;
+    }
+    let device = input_ids.device();
+    let shape = (batch.batch, model.num_labels);
+    match model.embeddings.word.dtype() {
+        DType::F32 => {
+            let pass = Pass::<f32>::new(model, &held, &batch);
+            Tensor::from_vec(pass.forward(false)?.logits, shape, device)
+        }
+        _ => {
+            let pass = Pass::<f64>::new(model, &held, &batch);
+            Tensor::from_vec(pass.forward(false)?.logits, shape, device)
+        }
+    }
+}
+
+/// Whether this pass covers the model and batch; where not (activations other than GELU-erf,
+/// float types other than f32 and f64, a padded first token), candle's autograd and ops run.
+fn covered(model: &SequenceClassifier, attention_mask: &Tensor) -> Result<bool> {
+    let gelu = model
+        .layers
+        .iter()
+        .all(|l| l.activation == Activation::GeluErf);
+    let float = matches!(model.embeddings.word.dtype(), DType::F32 | DType::F64);
+    // The head reads each example's first token: it must not be padding.
+    let first_attended = attention_mask
+        .narrow(1, 0, 1)?
+        .to_dtype(DType::U32)?
+        .min_all()?
+        .to_scalar::<u32>()?
+        == 1;
+    Ok(gelu && float && first_attended)
 }
 
 /// Every tensor a model reads, in no particular order.
@@ -160,7 +206,8 @@ struct Batch {
     kept: Vec<usize>,
     /// Per example: its first packed row and its token count.
     sequences: Vec<(usize, usize)>,
-    labels: Labels,
+    /// None for evaluation.
+    labels: Option<Labels>,
 }
 
 impl Batch {
@@ -169,7 +216,7 @@ impl Batch {
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
-        labels: &Tensor,
+        labels: Option<&Tensor>,
     ) -> Result<Self> {
         let (batch, seq) = input_ids.dims2()?;
         let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>();
@@ -188,10 +235,10 @@ impl Batch {
             positions: flat(&model.embeddings.position_ids(input_ids)?)?,
             kept,
             sequences,
-            labels: if labels.dtype() == DType::U32 {
-                Labels::Classes(labels.to_vec1()?)
-            } else {
-                Labels::Targets(labels.to_dtype(DType::F64)?.to_vec1()?)
+            labels: match labels {
+                None => None,
+                Some(l) if l.dtype() == DType::U32 => Some(Labels::Classes(l.to_vec1()?)),
+                Some(l) => Some(Labels::Targets(l.to_dtype(DType::F64)?.to_vec1()?)),
             },
         })
     }
@@ -339,6 +386,17 @@ fn norm_trained(n: &LayerNorm) -> bool {
     n.weight.track_op() || n.bias.track_op()
 }
 
+/// What the forward pass computes and keeps for the backward pass.
+struct Forward<T> {
+    /// Embedding sums before their layer norm.
+    embedded: Vec<T>,
+    tapes: Vec<LayerTape<T>>,
+    /// The first token's final hidden state per example, the head's tanh output, and logits.
+    first: Vec<T>,
+    pooled: Vec<T>,
+    logits: Vec<T>,
+}
+
 /// What the forward pass of one layer keeps for its backward pass.
 struct LayerTape<T> {
     input: Vec<T>,
@@ -483,9 +541,11 @@ impl<'a, T: Float> Pass<'a, T> {
     /// dx of a layer norm at input `x`; dγ and dβ recorded if trained.
     fn norm_backward(&mut self, n: &LayerNorm, x: &[T], dy: &[T]) -> Result<Vec<T>> {
         let kernel = fused::LayerNorm { eps: n.eps };
-        let (dx, dgamma, dbeta) = kernel.backward(x, self.get(&n.weight)?, dy);
-        self.record(&n.weight, dgamma);
-        self.record(&n.bias, dbeta);
+        let (dx, params) = kernel.backward(x, self.get(&n.weight)?, dy, norm_trained(n));
+        if let Some((dgamma, dbeta)) = params {
+            self.record(&n.weight, dgamma);
+            self.record(&n.bias, dbeta);
+        }
         Ok(dx)
     }
 
@@ -591,10 +651,10 @@ impl<'a, T: Float> Pass<'a, T> {
         Ok(need_input.then_some(d_attention_sum))
     }
 
-    /// Loss, and the gradients of every trained tensor.
-    fn run(mut self) -> Result<(f64, Gradients<T>)> {
+    /// The forward pass on the packed tokens; with `keep`, what the backward pass needs.
+    fn forward(&self, keep: bool) -> Result<Forward<T>> {
         let model = self.model;
-        let (rows, batch) = (self.batch.rows(), self.batch.batch);
+        let rows = self.batch.rows();
         let e = &model.embeddings;
         let width = e.word.dim(1)?;
 
@@ -625,7 +685,9 @@ impl<'a, T: Float> Pass<'a, T> {
         let mut tapes = Vec::with_capacity(model.layers.len());
         for index in 0..model.layers.len() {
             let (tape, output) = self.layer_forward(index, hidden)?;
-            tapes.push(tape);
+            if keep {
+                tapes.push(tape);
+            }
             hidden = output;
         }
 
@@ -640,7 +702,35 @@ impl<'a, T: Float> Pass<'a, T> {
         let pre = self.linear_forward(dense, &first)?;
         let pooled: Vec<T> = pre.iter().map(|v| T::f(v.g().tanh())).collect();
         let logits = self.linear_forward(out_proj, &pooled)?;
-        let (loss, d_logits) = loss_and_logit_gradient(&logits, &self.batch.labels, batch)?;
+        Ok(Forward {
+            embedded,
+            tapes,
+            first,
+            pooled,
+            logits,
+        })
+    }
+
+    /// Loss, and the gradients of every trained tensor.
+    fn run(mut self) -> Result<(f64, Gradients<T>)> {
+        let model = self.model;
+        let (rows, batch) = (self.batch.rows(), self.batch.batch);
+        let e = &model.embeddings;
+        let width = e.word.dim(1)?;
+        let (dense, out_proj) = head_linears(&model.head);
+        let Forward {
+            embedded,
+            mut tapes,
+            first,
+            pooled,
+            logits,
+        } = self.forward(true)?;
+        let labels = self
+            .batch
+            .labels
+            .as_ref()
+            .expect("training batches have labels");
+        let (loss, d_logits) = loss_and_logit_gradient(&logits, labels, batch)?;
 
         // Which parts below the head are trained: the backward pass stops at the lowest.
         let embeddings_trained = [&e.word, &e.position, &e.token_type]

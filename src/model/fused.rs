@@ -147,43 +147,62 @@ impl LayerNorm {
     pub(super) fn forward<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
         let h = gamma.len();
         let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
-            let (mean, rstd) = moments(x, self.eps);
-            for i in 0..h {
-                y[i] = T::f((x[i].g() - mean) * rstd * gamma[i].g() + beta[i].g());
-            }
-        });
+        y.par_chunks_mut(h * 16)
+            .zip(x.par_chunks(h * 16))
+            .for_each(|(y, x)| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (y, x) in y.chunks_mut(h).zip(x.chunks(h)) {
+                            let (mean, rstd) = moments(x, self.eps);
+                            for i in 0..h {
+                                y[i] = T::f((x[i].g() - mean) * rstd * gamma[i].g() + beta[i].g());
+                            }
+                        }
+                    },
+                )
+            });
         y
     }
 
-    /// (dx, dγ, dβ). With x̂ = (x − mean)·rstd and d = δ·γ:
+    /// (dx, and with `params` (dγ, dβ)). With x̂ = (x − mean)·rstd and d = δ·γ:
     /// dx = rstd · (d − mean(d) − x̂ · mean(d · x̂)); dγ = Σ_rows δ·x̂; dβ = Σ_rows δ.
+    #[allow(clippy::type_complexity)]
     pub(super) fn backward<T: Float>(
         &self,
         x: &[T],
         gamma: &[T],
         grad: &[T],
-    ) -> (Vec<T>, Vec<T>, Vec<T>) {
+        params: bool,
+    ) -> (Vec<T>, Option<(Vec<T>, Vec<T>)>) {
         let h = gamma.len();
         let mut dx = vec![T::zero(); x.len()];
-        dx.par_chunks_mut(h)
-            .zip(x.par_chunks(h))
-            .zip(grad.par_chunks(h))
+        dx.par_chunks_mut(h * 16)
+            .zip(x.par_chunks(h * 16))
+            .zip(grad.par_chunks(h * 16))
             .for_each(|((dx, x), g)| {
-                let (mean, rstd) = moments(x, self.eps);
-                let (mut mean_d, mut mean_dx) = (0.0, 0.0);
-                for i in 0..h {
-                    let d = g[i].g() * gamma[i].g();
-                    mean_d += d;
-                    mean_dx += d * (x[i].g() - mean) * rstd;
-                }
-                mean_d /= h as f64;
-                mean_dx /= h as f64;
-                for i in 0..h {
-                    let xhat = (x[i].g() - mean) * rstd;
-                    dx[i] = T::f(rstd * (g[i].g() * gamma[i].g() - mean_d - xhat * mean_dx));
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((dx, x), g) in dx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
+                            let (mean, rstd) = moments(x, self.eps);
+                            let mean_d = lane_sum(h, |i| g[i].g() * gamma[i].g()) / h as f64;
+                            let mean_dx =
+                                lane_sum(h, |i| g[i].g() * gamma[i].g() * (x[i].g() - mean) * rstd)
+                                    / h as f64;
+                            for i in 0..h {
+                                let xhat = (x[i].g() - mean) * rstd;
+                                dx[i] = T::f(
+                                    rstd * (g[i].g() * gamma[i].g() - mean_d - xhat * mean_dx),
+                                );
+                            }
+                        }
+                    },
+                )
             });
+        if !params {
+            return (dx, None);
+        }
         let (dgamma, dbeta) = x
             .par_chunks(h * 64)
             .zip(grad.par_chunks(h * 64))
@@ -208,17 +227,37 @@ impl LayerNorm {
             );
         (
             dx,
-            dgamma.into_iter().map(T::f).collect(),
-            dbeta.into_iter().map(T::f).collect(),
+            Some((
+                dgamma.into_iter().map(T::f).collect(),
+                dbeta.into_iter().map(T::f).collect(),
+            )),
         )
     }
 }
 
+/// Σ_{i < n} f(i) in f64, in 8 partial sums (one AVX-512 register; a single accumulator is a
+/// serial chain of dependent adds, which made the layer norm latency-bound).
+#[inline(always)]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let full = n / 8 * 8;
+    for c in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(c + l);
+        }
+    }
+    for i in full..n {
+        acc[0] += f(i);
+    }
+    acc.iter().sum()
+}
+
 /// Mean and 1/sqrt(var + eps) of one row, accumulated in f64.
+#[inline(always)]
 fn moments<T: Float>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
-    let mean = x.iter().map(|v| v.g()).sum::<f64>() / n;
-    let var = x.iter().map(|v| (v.g() - mean).powi(2)).sum::<f64>() / n;
+    let mean = lane_sum(x.len(), |i| x[i].g()) / n;
+    let var = lane_sum(x.len(), |i| (x[i].g() - mean).powi(2)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -261,7 +300,8 @@ impl CustomOp3 for LayerNorm {
                 with_slice::<$t, _>(x, |xs| {
                     with_slice::<$t, _>(gamma, |gs| {
                         with_slice::<$t, _>(grad, |ds| {
-                            let (dx, dg, db) = self.backward(xs, gs, ds);
+                            let (dx, params) = self.backward(xs, gs, ds, true);
+                            let (dg, db) = params.expect("asked for");
                             Ok((
                                 Tensor::from_vec(dx, x.shape(), x.device())?,
                                 Tensor::from_vec(dg, gamma.shape(), x.device())?,

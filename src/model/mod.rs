@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use candle_nn::VarBuilder;
 
-pub use backprop::loss_and_gradients;
+pub use backprop::{logits, loss_and_gradients};
 pub use bert::{mean_loss, per_example_loss, Mode, SequenceClassifier};
 pub use config::{EncoderConfig, Family};
 pub use weights::WeightMap;
