@@ -39,7 +39,7 @@ use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batch, BatchOrder, Dataset, Split, Task};
-use crate::model::{self, Mode, Pretrained, SequenceClassifier, WeightMap};
+use crate::model::{self, Pretrained, SequenceClassifier, WeightMap};
 use crate::{memory, progress};
 
 use math::{MaskRatios, MaskSums, Moments, TopxCurve};
@@ -456,14 +456,13 @@ impl GradientSource {
 
     /// The gradient at the current weights on `batch`; when training, then the update.
     pub fn step(&mut self, batch: &Batch) -> Result<BatchGradients> {
-        let logits = self.classifier.forward(
+        let (loss, grads) = model::loss_and_gradients(
+            &self.classifier,
             &batch.input_ids,
             &batch.token_type_ids,
             &batch.attention_mask,
-            Mode::Training,
+            &batch.labels,
         )?;
-        let loss = model::mean_loss(&logits, &batch.labels)?;
-        let grads = loss.backward()?;
         let mut flat = Vec::with_capacity(self.chosen.len());
         for (name, var) in &self.chosen {
             let g = grads
@@ -478,10 +477,7 @@ impl GradientSource {
         if let Some(optimizer) = &mut self.optimizer {
             optimizer.step(&grads)?;
         }
-        Ok(BatchGradients {
-            loss: loss.to_scalar::<f32>()? as f64,
-            grads: flat,
-        })
+        Ok(BatchGradients { loss, grads: flat })
     }
 }
 
