@@ -2,7 +2,7 @@
 //! gradient-norm clipping. State (two moments) exists only for the parameters it is given, so a
 //! sparse method's optimizer holds k-sized tensors.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 
@@ -106,24 +106,22 @@ impl AdamW {
             };
             let value = param.var.as_tensor();
             if value.dtype() == DType::F32 {
-                // One pass over (p, g, m, v) instead of a dozen tensor ops, each a full pass.
-                let (p, m, v) = fused_update(
+                // One pass over (p, g, m, v), all updated in place: no copies, no allocations.
+                let hyper = Hyper {
+                    lr,
+                    decay,
+                    bias1,
+                    bias2,
+                    config: c,
+                };
+                fused_update(
                     value,
                     grad,
                     &self.first_moment[i],
                     &self.second_moment[i],
                     base,
-                    Hyper {
-                        lr,
-                        decay,
-                        bias1,
-                        bias2,
-                        config: c,
-                    },
+                    hyper,
                 )?;
-                param.var.set(&p)?;
-                self.first_moment[i] = m;
-                self.second_moment[i] = v;
                 continue;
             }
             let m = ((&self.first_moment[i] * c.beta1)? + (grad * (1.0 - c.beta1))?)?;
@@ -143,18 +141,27 @@ impl AdamW {
     }
 
     /// Moments and step count, for resuming.
-    pub fn state(&self) -> (Vec<Tensor>, Vec<Tensor>, usize) {
-        (
-            self.first_moment.clone(),
-            self.second_moment.clone(),
+    /// Copies: the moments themselves are updated in place by later steps.
+    pub fn state(&self) -> Result<(Vec<Tensor>, Vec<Tensor>, usize)> {
+        let copy = |ts: &[Tensor]| ts.iter().map(|t| Ok(t.copy()?)).collect::<Result<Vec<_>>>();
+        Ok((
+            copy(&self.first_moment)?,
+            copy(&self.second_moment)?,
             self.steps,
-        )
+        ))
     }
 
-    pub fn restore(&mut self, first: Vec<Tensor>, second: Vec<Tensor>, steps: usize) {
-        self.first_moment = first;
-        self.second_moment = second;
+    /// Takes copies: the moments are updated in place.
+    pub fn restore(&mut self, first: Vec<Tensor>, second: Vec<Tensor>, steps: usize) -> Result<()> {
+        let copy = |ts: Vec<Tensor>| {
+            ts.iter()
+                .map(|t| Ok(t.contiguous()?.copy()?))
+                .collect::<Result<Vec<_>>>()
+        };
+        self.first_moment = copy(first)?;
+        self.second_moment = copy(second)?;
         self.steps = steps;
+        Ok(())
     }
 }
 
@@ -198,13 +205,57 @@ struct Hyper {
     config: AdamWConfig,
 }
 
-/// The f32 contents of a tensor, flattened.
-fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+/// Runs `f` on the f32 contents of a contiguous CPU tensor, mutably (candle's in-place op).
+/// The tensor must own its storage: the optimizer's moments and the parameters' `Var`s do.
+fn with_mut_f32<R>(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
+    struct InPlace<F, R> {
+        f: std::sync::Mutex<Option<F>>,
+        out: std::sync::Mutex<Option<Result<R>>>,
+    }
+    impl<F: FnOnce(&mut [f32]) -> Result<R>, R> candle_core::InplaceOp1 for InPlace<F, R> {
+        fn name(&self) -> &'static str {
+            "adamw-in-place"
+        }
+        fn cpu_fwd(
+            &self,
+            storage: &mut candle_core::CpuStorage,
+            layout: &candle_core::Layout,
+        ) -> candle_core::Result<()> {
+            let (start, end) = layout
+                .contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("adamw: non-contiguous state".into()))?;
+            let candle_core::CpuStorage::F32(data) = storage else {
+                candle_core::bail!("adamw: f32 state expected")
+            };
+            let f = self.f.lock().unwrap().take().expect("runs once");
+            *self.out.lock().unwrap() = Some(f(&mut data[start..end]));
+            Ok(())
+        }
+    }
+    let op = InPlace {
+        f: std::sync::Mutex::new(Some(f)),
+        out: std::sync::Mutex::new(None),
+    };
+    t.inplace_op1(&op)?;
+    let out = op.out.into_inner().unwrap();
+    out.expect("the op ran")
 }
 
-/// New (p, m, v) of one f32 parameter, element by element as the tensor-op path computes them:
-/// m' = β1·m + (1−β1)·g, v' = β2·v + (1−β2)·g², p' = p − lr·wd·(base + p) − lr·m̂/(√v̂ + ε).
+/// Reads the f32 contents of a contiguous CPU tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout
+        .contiguous_offsets()
+        .context("adamw: non-contiguous tensor")?;
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
+        anyhow::bail!("adamw: f32 CPU tensor expected")
+    };
+    f(&data[start..end])
+}
+
+/// One AdamW step of an f32 parameter, in place, element by element as the tensor-op path
+/// computes it: m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g²,
+/// p ← p − lr·wd·(base + p) − lr·m̂/(√v̂ + ε).
 fn fused_update(
     value: &Tensor,
     grad: &Tensor,
@@ -212,55 +263,58 @@ fn fused_update(
     second: &Tensor,
     base: Option<&Tensor>,
     h: Hyper,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<()> {
     use rayon::prelude::*;
-    let (p, g, m, v) = (
-        f32_values(value)?,
-        f32_values(grad)?,
-        f32_values(first)?,
-        f32_values(second)?,
-    );
-    let base = base.map(f32_values).transpose()?;
     let c = h.config;
     // 1 − β in f64: in f32, 1 − 0.999 keeps only 4 significant digits.
     let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
     let (one_minus_b1, one_minus_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
     let (lr, lr_decay) = (h.lr as f32, (h.lr * h.decay) as f32);
     let (inv_bias1, inv_bias2) = (1.0 / h.bias1 as f32, 1.0 / h.bias2 as f32);
-    let n = p.len();
-    let (mut new_p, mut new_m, mut new_v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let grad = grad.contiguous()?;
+    let base = base.map(|b| b.contiguous()).transpose()?;
     const CHUNK: usize = 1 << 14;
-    new_p
-        .par_chunks_mut(CHUNK)
-        .zip(new_m.par_chunks_mut(CHUNK))
-        .zip(new_v.par_chunks_mut(CHUNK))
-        .enumerate()
-        .for_each(|(chunk, ((np, nm), nv))| {
-            let start = chunk * CHUNK;
-            for j in 0..np.len() {
-                let i = start + j;
-                let gi = g[i];
-                let mi = b1 * m[i] + one_minus_b1 * gi;
-                let vi = b2 * v[i] + one_minus_b2 * gi * gi;
-                let update = (mi * inv_bias1) / ((vi * inv_bias2).sqrt() + eps);
-                let effective = base.as_ref().map_or(p[i], |b| b[i] + p[i]);
-                let decayed = if lr_decay > 0.0 {
-                    p[i] - effective * lr_decay
-                } else {
-                    p[i]
-                };
-                np[j] = decayed - update * lr;
-                nm[j] = mi;
-                nv[j] = vi;
-            }
-        });
-    let shape = value.shape();
-    let device = value.device();
-    Ok((
-        Tensor::from_vec(new_p, shape, device)?,
-        Tensor::from_vec(new_m, shape, device)?,
-        Tensor::from_vec(new_v, shape, device)?,
-    ))
+    with_f32(&grad, |g| {
+        let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], base: Option<&[f32]>| {
+            p.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(g.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(chunk, (((p, m), v), g))| {
+                    let base = base.map(|b| &b[chunk * CHUNK..chunk * CHUNK + p.len()]);
+                    for j in 0..p.len() {
+                        let gj = g[j];
+                        let mj = b1 * m[j] + one_minus_b1 * gj;
+                        let vj = b2 * v[j] + one_minus_b2 * gj * gj;
+                        let step = (mj * inv_bias1) / ((vj * inv_bias2).sqrt() + eps);
+                        let effective = base.map_or(p[j], |b| b[j] + p[j]);
+                        let decayed = if lr_decay > 0.0 {
+                            p[j] - effective * lr_decay
+                        } else {
+                            p[j]
+                        };
+                        p[j] = decayed - step * lr;
+                        m[j] = mj;
+                        v[j] = vj;
+                    }
+                });
+        };
+        with_mut_f32(value, |p| {
+            with_mut_f32(first, |m| {
+                with_mut_f32(second, |v| match &base {
+                    Some(b) => with_f32(b, |b| {
+                        update(p, m, v, Some(b));
+                        Ok(())
+                    }),
+                    None => {
+                        update(p, m, v, None);
+                        Ok(())
+                    }
+                })
+            })
+        })
+    })
 }
 
 #[cfg(test)]

@@ -578,7 +578,7 @@ fn write_checkpoint(
 ) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    let (first, second, _) = optimizer.state();
+    let (first, second, _) = optimizer.state()?;
     for (i, param) in optimizer.params().iter().enumerate() {
         tensors.insert(
             format!("value/{}", param.name),
@@ -669,8 +669,7 @@ fn restore_optimizer(optimizer: &mut AdamW, dir: &Path) -> Result<()> {
         .get("adam_steps")
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    optimizer.restore(first, second, steps);
-    Ok(())
+    optimizer.restore(first, second, steps)
 }
 
 fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
