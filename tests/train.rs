@@ -599,14 +599,7 @@ fn hand_written_pass_equals_candle_autograd_for_every_method() {
                     Mode::Training,
                 )
                 .unwrap();
-            let logit_diff = (packed - reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let logit_diff = max_abs_f64(&(packed - reference).unwrap());
             assert!(
                 logit_diff < 1e-12,
                 "{label}: logits differ by {logit_diff:e}"
@@ -623,22 +616,8 @@ fn hand_written_pass_equals_candle_autograd_for_every_method() {
                 let have = got
                     .get(p.var.as_tensor())
                     .unwrap_or_else(|| panic!("{label}: no gradient for {}", p.name));
-                let scale = want
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-                    .max(1e-6);
-                let diff = (have - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
+                let scale = max_abs_f64(want).max(1e-6);
+                let diff = max_abs_f64(&(have - want).unwrap());
                 assert!(
                     diff <= 1e-9 * scale,
                     "{label}: {} differs by {diff:e} (scale {scale:e})",
@@ -648,4 +627,14 @@ fn hand_written_pass_equals_candle_autograd_for_every_method() {
             eprintln!("{label}: {} gradients agree", params.len());
         }
     }
+}
+
+/// max |t| of an f64 tensor.
+fn max_abs_f64(t: &Tensor) -> f64 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }

@@ -7,8 +7,10 @@
 //! trained. On a SIFT step that bookkeeping cost as much as the backward GEMMs. Here residual
 //! gradients accumulate in place (the GEMM that forms dx adds onto them), the backward pass stops
 //! at the lowest trained tensor, and the kernels are the same ones the candle ops run
-//! (`fused.rs`, `attention.rs`, `ops.rs`). `tests/model.rs` checks every gradient against
-//! candle's autograd on the same model, for full, SIFT (incl. non-linear targets) and LoRA.
+//! (`fused.rs`, `attention.rs`, `ops.rs`). The pass also runs on the batch's real tokens only
+//! (see [`Batch`]): padding changes no loss and no gradient, so it is not computed.
+//! `tests/train.rs` checks the loss, every gradient and the logits against candle's autograd
+//! on the same padded batch, for full, head, SIFT (incl. non-linear targets) and LoRA.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -26,8 +28,7 @@ use super::ops::{self, gemm_strided};
 /// The batch's mean loss (as [`mean_loss`]) and the gradient of every trained tensor, keyed as
 /// candle's `loss.backward()` keys them (so `GradStore::get(var)` works unchanged).
 ///
-/// Models this pass does not cover (activations other than GELU-erf, float types other than
-/// f32 and f64) go through candle's autograd instead.
+/// What this pass does not cover (see [`covered`]) goes through candle's autograd instead.
 pub fn loss_and_gradients(
     model: &SequenceClassifier,
     input_ids: &Tensor,
@@ -292,37 +293,36 @@ fn grad_store(grads: Vec<(Tensor, Tensor)>) -> Result<GradStore> {
 
 /// `dst (m × n) (+)= a (m × k) · bᵀ`, b (n × k) row-major.
 fn matmul_nt<T: WithDType>(dst: &mut [T], keep: bool, a: &[T], b: &[T], (m, n, k): Dims3) {
-    debug_assert!(dst.len() == m * n && a.len() == m * k && b.len() == n * k);
-    let (ni, ki) = (n as isize, k as isize);
-    unsafe {
-        gemm_strided(
-            (m, n, k),
-            dst.as_mut_ptr(),
-            (1, ni),
-            keep,
-            a.as_ptr(),
-            (1, ki),
-            b.as_ptr(),
-            (ki, 1),
-            true,
-        )
-    }
+    debug_assert!(b.len() == n * k);
+    matmul_rhs_strided(dst, keep, a, (b, (k as isize, 1)), (m, n, k));
 }
 
 /// `dst (m × n) (+)= a (m × k) · b (k × n)`, all row-major.
 fn matmul_nn<T: WithDType>(dst: &mut [T], keep: bool, a: &[T], b: &[T], (m, n, k): Dims3) {
-    debug_assert!(dst.len() == m * n && a.len() == m * k && b.len() == k * n);
-    let (ni, ki) = (n as isize, k as isize);
+    debug_assert!(b.len() == k * n);
+    matmul_rhs_strided(dst, keep, a, (b, (1, n as isize)), (m, n, k));
+}
+
+/// `dst (m × n) (+)= a (m × k) · B`, dst and a row-major, B read through its (column, row)
+/// element strides.
+fn matmul_rhs_strided<T: WithDType>(
+    dst: &mut [T],
+    keep: bool,
+    a: &[T],
+    (b, b_strides): (&[T], (isize, isize)),
+    (m, n, k): Dims3,
+) {
+    assert!(dst.len() == m * n && a.len() == m * k);
     unsafe {
         gemm_strided(
             (m, n, k),
             dst.as_mut_ptr(),
-            (1, ni),
+            (1, n as isize),
             keep,
             a.as_ptr(),
-            (1, ki),
+            (1, k as isize),
             b.as_ptr(),
-            (1, ni),
+            b_strides,
             true,
         )
     }
