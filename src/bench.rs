@@ -12,7 +12,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::data::{BatchOrder, Dataset, Split, Task};
-use crate::methods::{self, FineTuning, MethodKind};
+use crate::methods::{FineTuning, MethodKind};
+use crate::{budget, select};
 use crate::model::{self, Pretrained};
 use crate::optim::{AdamW, AdamWConfig};
 
@@ -161,8 +162,8 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let num_labels = config.task.as_ref().map_or(2, |(t, _)| t.num_labels());
     let pretrained = model::load_pretrained(&config.model, None, num_labels, 0, &device)?;
     let x = inputs(config, &pretrained, &device)?;
-    let head = methods::head_names(&pretrained.config, num_labels)?;
-    let targets = methods::target_names("q,k,v,o", &pretrained.config)?;
+    let head = select::head_names(&pretrained.config, num_labels)?;
+    let targets = select::target_names("q,k,v,o", &pretrained.config)?;
     let mut report = BenchReport {
         framework: "sift-lab (candle)",
         arm: config.arm,
@@ -199,7 +200,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
                 .iter()
                 .map(|n| (n.clone(), pretrained.weights[n].dims().to_vec()))
                 .collect();
-            let selected = methods::select_random(&shapes, 0.01, 0);
+            let selected = budget::select_random(&shapes, 0.01, 0);
             record(time_training(
                 &FineTuning::sparse(MethodKind::Sift, &pretrained.weights, &head, &selected)?,
                 &pretrained,

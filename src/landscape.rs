@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Split, Task};
 use crate::model::{self, init, Pretrained, WeightMap};
-use crate::{eval, hub, metrics, progress, table};
+use crate::{eval, hub, metrics, output, progress, select};
 
 /// Grids larger than this need `--yes` (or a larger `--max-points`).
 pub const DEFAULT_MAX_POINTS: usize = 2000;
@@ -673,10 +673,7 @@ pub fn write_summary(
         "loss_max": hi,
         "neighbourhoods": hoods,
     });
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
-        .with_context(|| format!("writing {}", path.display()))?;
+    output::write_json(&dir.join(output::SUMMARY_FILE), &json)?;
     Ok(hoods)
 }
 
@@ -740,86 +737,6 @@ pub fn gaussian(
         seed,
         device,
     )?)
-}
-
-/// Whether `name` matches the glob `pattern` (`*`: any run of characters, dots included;
-/// `?`: one character).
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
-/// Names with the layer number replaced by `*`, deduplicated: a readable list of what exists.
-fn summarize_names<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for name in names {
-        let parts: Vec<&str> = name.split('.').collect();
-        let generic: Vec<String> = parts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                if i > 0 && parts[i - 1] == "layer" && p.parse::<usize>().is_ok() {
-                    "*".to_string()
-                } else {
-                    p.to_string()
-                }
-            })
-            .collect();
-        let generic = generic.join(".");
-        if seen.insert(generic.clone()) {
-            out.push(generic);
-        }
-    }
-    out.join(", ")
-}
-
-/// The tensors that move: `candidates` (in architecture order) filtered by the comma-separated
-/// glob `patterns`. A pattern matching no candidate is an error that lists the candidates.
-pub fn select_tensors(candidates: &[String], patterns: Option<&str>) -> Result<Vec<String>> {
-    let Some(patterns) = patterns else {
-        return Ok(candidates.to_vec());
-    };
-    let patterns: Vec<&str> = patterns
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
-    for p in &patterns {
-        if !candidates.iter().any(|n| glob_match(p, n)) {
-            bail!(
-                "--tensors: pattern '{p}' matches no tensor that can move. Tensors (layer numbers \
-                 shown as *; globs use * and ?, comma-separated): {}",
-                summarize_names(candidates.iter())
-            );
-        }
-    }
-    Ok(candidates
-        .iter()
-        .filter(|n| patterns.iter().any(|p| glob_match(p, n)))
-        .cloned()
-        .collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -919,7 +836,10 @@ pub fn prepare_surface(
             .cloned()
             .collect(),
     };
-    let selected = select_tensors(&candidates, config.tensors.as_deref())?;
+    let selected = match config.tensors.as_deref() {
+        Some(patterns) => select::select_tensors(&candidates, patterns, "--tensors")?,
+        None => candidates,
+    };
     let theta0 = match config.directions {
         Directions::Paper => Some(theta1.theta0(config.seed)?),
         _ => None,
@@ -1005,7 +925,7 @@ fn use_trained_head(
         device,
     )
     .with_context(|| format!("--head-from {}", dir.display()))?;
-    for name in crate::methods::head_names(&theta1.config, theta1.num_labels)? {
+    for name in crate::select::head_names(&theta1.config, theta1.num_labels)? {
         ensure!(
             !trained.seeded_head.contains(&name),
             "--head-from {}: the checkpoint has no trained {name}; give the --export-hf directory \
@@ -1189,7 +1109,7 @@ pub fn write_rows(path: &Path, config: &LandscapeConfig, shard: Shard, rows: &[R
             config.num_points().to_string(),
         ),
     ];
-    table::write_parquet(&mut df, path, &metadata)
+    output::write_parquet(&mut df, path, &metadata)
 }
 
 /// A landscape file: its configuration, shard and rows.
@@ -1203,7 +1123,7 @@ pub struct LandscapeFile {
 
 /// Reads a file written by [`write_rows`].
 pub fn read_file(path: &Path) -> Result<LandscapeFile> {
-    let metadata = table::read_metadata(path)?;
+    let metadata = output::read_metadata(path)?;
     let get = |key: &str| metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v);
     let config: LandscapeConfig = serde_json::from_str(get(CONFIG_KEY).with_context(|| {
         format!(
@@ -1216,7 +1136,7 @@ pub fn read_file(path: &Path) -> Result<LandscapeFile> {
         Some(s) => Shard::parse(s)?,
         None => Shard::WHOLE,
     };
-    let df = table::read_parquet(path)?;
+    let df = output::read_parquet(path)?;
     let u32s = |name: &str| -> Result<Vec<usize>> {
         Ok(df
             .column(name)?
@@ -1794,55 +1714,6 @@ mod tests {
             assert_eq!(shards.iter().filter(|s| s.contains(point)).count(), 1);
         }
         assert!(shards[0].contains(0) && shards[1].contains(1) && shards[0].contains(3));
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob_match(
-            "encoder.layer.*.attention.self.query.weight",
-            "encoder.layer.3.attention.self.query.weight"
-        ));
-        assert!(glob_match(
-            "*query*",
-            "encoder.layer.3.attention.self.query.bias"
-        ));
-        assert!(!glob_match(
-            "*query",
-            "encoder.layer.3.attention.self.query.bias"
-        ));
-        assert!(glob_match(
-            "encoder.layer.?.output.dense.weight",
-            "encoder.layer.5.output.dense.weight"
-        ));
-        assert!(!glob_match(
-            "encoder.layer.?.output.dense.weight",
-            "encoder.layer.11.output.dense.weight"
-        ));
-        assert!(glob_match("*", "anything"));
-        let names: Vec<String> = [
-            "embeddings.word_embeddings.weight",
-            "encoder.layer.0.attention.self.query.weight",
-            "encoder.layer.1.attention.self.query.weight",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(
-            select_tensors(&names, Some("*query*, embeddings.*"))
-                .unwrap()
-                .len(),
-            3
-        );
-        assert_eq!(
-            select_tensors(&names, Some("encoder.layer.1.*")).unwrap(),
-            vec![names[2].clone()]
-        );
-        let err = format!("{:#}", select_tensors(&names, Some("*value*")).unwrap_err());
-        assert!(
-            err.contains("'*value*'")
-                && err.contains("encoder.layer.*.attention.self.query.weight"),
-            "{err}"
-        );
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 pub mod analysis_config;
 pub mod bench;
+pub mod budget;
 pub mod data;
 pub mod eval;
 pub mod grad_stats;
+pub mod gradients;
 pub mod hub;
 pub mod landscape;
 pub mod memory;
@@ -15,5 +17,6 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod progress;
-pub mod table;
+pub mod select;
+pub mod output;
 pub mod train;

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use sift_lab::data::{Split, Task};
-use sift_lab::{analysis_config, bench, eval, grad_stats, hub, landscape, table};
+use sift_lab::{analysis_config, bench, eval, grad_stats, hub, landscape, output};
 
 #[derive(Parser)]
 #[command(
@@ -105,7 +105,7 @@ struct TrainArgs {
     selection_batches: usize,
     /// Top-k per tensor, or globally across the targeted tensors with the same total budget.
     #[arg(long, value_enum, default_value = "per-tensor")]
-    selection: sift_lab::methods::Selection,
+    selection: sift_lab::budget::Selection,
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
     #[arg(long, default_value_t = 16.0)]
@@ -405,7 +405,7 @@ fn main() -> Result<()> {
             let (report, predictions) = eval::run(&config, !args.json)?;
             if let Some(path) = &args.predictions {
                 let metadata = vec![("eval_report".to_string(), serde_json::to_string(&report)?)];
-                table::write_parquet(&mut predictions.to_frame()?, path, &metadata)?;
+                output::write_parquet(&mut predictions.to_frame()?, path, &metadata)?;
             }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -15,10 +15,13 @@ use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{BatchOrder, Dataset, Split, Task};
-use crate::methods::{self, FineTuning, MethodKind, Selection};
+use crate::budget::{self, Selection};
+use crate::gradients::GradientSource;
+use crate::methods::{FineTuning, MethodKind};
+use crate::select;
 use crate::model::{self, Pretrained};
 use crate::optim::{self, AdamW, AdamWConfig};
-use crate::{eval, progress, table};
+use crate::{eval, output, progress};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainConfig {
@@ -169,12 +172,12 @@ pub fn run(
     let previous = read_checkpoint(&state_dir)?;
     match (&previous, resume) {
         (Some(_), false) => bail!("{} already holds a run: pass --resume to continue it, or choose another --out", out.display()),
-        (Some(p), true) if p.config != *config => bail!("--resume: {} was started with other settings ({}); rerun with the same flags or another --out", out.display(), config_diff(&p.config, config)),
+        (Some(p), true) if p.config != *config => bail!("--resume: {} was started with other settings ({}); rerun with the same flags or another --out", out.display(), output::describe_differences(&output::config_differences(&p.config, config)?)),
         _ => {}
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
 
-    let head = methods::head_names(&pretrained.config, pretrained.num_labels)?;
+    let head = select::head_names(&pretrained.config, pretrained.num_labels)?;
     let method = build_method(
         config,
         &pretrained,
@@ -358,10 +361,7 @@ pub fn run(
         seconds: seconds_before + started.elapsed().as_secs_f64(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    std::fs::write(
-        out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )?;
+    output::write_json(&summary_path(out), &summary)?;
     if status == "diverged" {
         bail!(
             "training diverged (loss is not finite); lower --lr. Completed epochs are in {}",
@@ -379,25 +379,6 @@ fn format_metrics(metrics: &BTreeMap<String, f64>) -> String {
         .join(", ")
 }
 
-fn config_diff(a: &TrainConfig, b: &TrainConfig) -> String {
-    let (a, b) = (
-        serde_json::to_value(a).unwrap(),
-        serde_json::to_value(b).unwrap(),
-    );
-    let keys: Vec<String> = a
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-        .map(|(k, v)| {
-            format!(
-                "{k}: was {v}, now {}",
-                b.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
-            )
-        })
-        .collect();
-    keys.join("; ")
-}
 
 /// Builds the method; SIFT selects on the first batches of the first epoch's order at θ1.
 /// On resume, the selection comes from the saved state instead.
@@ -408,7 +389,7 @@ fn build_method(
     head: &[String],
     state_dir: Option<&Path>,
 ) -> Result<FineTuning> {
-    let targets = methods::target_names(&config.modules, &pretrained.config)?;
+    let targets = select::target_names(&config.modules, &pretrained.config)?;
     let method = match config.method {
         MethodKind::Full | MethodKind::Head => {
             FineTuning::dense(config.method, &pretrained.weights, head)?
@@ -429,11 +410,11 @@ fn build_method(
                         .iter()
                         .map(|n| (n.clone(), pretrained.weights[n].dims().to_vec()))
                         .collect();
-                    methods::select_random(&shapes, config.rate, config.seed)
+                    budget::select_random(&shapes, config.rate, config.seed)
                 }
                 None => {
                     let gradients = accumulated_gradients(pretrained, train, &targets, config)?;
-                    methods::select_by_gradient(&gradients, config.rate, config.selection)
+                    budget::select_by_gradient(&gradients, config.rate, config.selection)
                 }
             };
             FineTuning::sparse(config.method, &pretrained.weights, head, &selected)?
@@ -452,47 +433,15 @@ pub fn accumulated_gradients(
     targets: &[String],
     config: &TrainConfig,
 ) -> Result<BTreeMap<String, Vec<f32>>> {
-    let device = pretrained.device();
-    let vars: BTreeMap<String, Var> = targets
-        .iter()
-        .map(|n| Ok((n.clone(), Var::from_tensor(&pretrained.weights[n])?)))
-        .collect::<Result<_>>()?;
-    let mut weights = pretrained.weights.clone();
-    for (name, var) in &vars {
-        weights.insert(name.clone(), var.as_tensor().clone());
-    }
-    let classifier = pretrained.build(&weights)?;
-    let mut sums: BTreeMap<String, Tensor> = BTreeMap::new();
     let order = BatchOrder::Shuffled {
         seed: config.seed,
         epoch: 0,
     };
-    for batch in train
-        .batches(config.batch_size, order, &device)
+    let batches = train
+        .batches(config.batch_size, order, &pretrained.device())
         .take(config.selection_batches)
-    {
-        let batch = batch?;
-        let (_, grads) = model::loss_and_gradients(
-            &classifier,
-            &batch.input_ids,
-            &batch.token_type_ids,
-            &batch.attention_mask,
-            &batch.labels,
-        )?;
-        for (name, var) in &vars {
-            let g = grads
-                .get(var.as_tensor())
-                .with_context(|| format!("no gradient reached {name}"))?;
-            let sum = match sums.remove(name) {
-                Some(s) => (s + g)?,
-                None => g.clone(),
-            };
-            sums.insert(name.clone(), sum);
-        }
-    }
-    sums.into_iter()
-        .map(|(n, g)| Ok((n, g.flatten_all()?.to_vec1::<f32>()?)))
-        .collect()
+        .map(|b| b.map_err(anyhow::Error::from));
+    GradientSource::frozen(pretrained, &pretrained.weights, targets)?.accumulate(batches)
 }
 
 fn write_metrics(out: &Path, rows: &[MetricRow], config: &TrainConfig) -> Result<()> {
@@ -547,7 +496,7 @@ fn write_metrics(out: &Path, rows: &[MetricRow], config: &TrainConfig) -> Result
         ));
     }
     let mut df = DataFrame::new_infer_height(columns)?;
-    table::write_parquet(
+    output::write_parquet(
         &mut df,
         &out.join("metrics.parquet"),
         &[("train_config".into(), serde_json::to_string(config)?)],
@@ -680,7 +629,7 @@ fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
 
 /// Where a run's outputs live, for callers that want them.
 pub fn summary_path(out: &Path) -> PathBuf {
-    out.join("summary.json")
+    out.join(output::SUMMARY_FILE)
 }
 
 /// The epoch with the highest primary metric; on a tie the earliest (`max_by` keeps the last of

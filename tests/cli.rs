@@ -58,7 +58,7 @@ fn eval_reports_json_and_writes_predictions_that_agree_with_it() {
     assert_eq!(report["task"], "mrpc");
 
     // Recompute the metrics from the per-example rows, independently of the eval loop.
-    let df = sift_lab::table::read_parquet(&predictions).unwrap();
+    let df = sift_lab::output::read_parquet(&predictions).unwrap();
     assert_eq!(df.height(), 40);
     let col_u32 = |name: &str| -> Vec<u32> {
         df.column(name)
@@ -99,10 +99,10 @@ fn eval_reports_json_and_writes_predictions_that_agree_with_it() {
     assert!((report["mean_loss"].as_f64().unwrap() - mean_loss).abs() < 1e-6);
     // MRPC labels in file order: the first dev row's label (column 0) is 1.
     assert_eq!(df.column("line").unwrap().u32().unwrap().get(0), Some(2));
-    let metadata = sift_lab::table::read_metadata(&predictions).unwrap();
+    let metadata = sift_lab::output::read_metadata(&predictions).unwrap();
     assert!(metadata
         .iter()
-        .any(|(k, v)| k == sift_lab::table::VERSION_KEY && v == env!("CARGO_PKG_VERSION")));
+        .any(|(k, v)| k == sift_lab::output::VERSION_KEY && v == env!("CARGO_PKG_VERSION")));
     assert!(metadata.iter().any(|(k, _)| k == "eval_report"));
 }
 

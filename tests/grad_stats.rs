@@ -12,7 +12,7 @@ use candle_core::{Device, Var};
 use sift_lab::data::BatchOrder;
 use sift_lab::grad_stats::{self, math, GradStatsConfig, GradientSource, OverlapMode, Setup};
 use sift_lab::model::{self, Mode, WeightMap};
-use sift_lab::table;
+use sift_lab::output;
 
 const VALUE0: &str = "encoder.layer.0.attention.self.value.weight";
 
@@ -309,9 +309,9 @@ fn tables_are_consistent_and_figures_redraw_from_parquet() {
     let overlap_rows = overlap.height();
     let written = grad_stats::write_tables(&mut tables, dir.path()).unwrap();
     assert_eq!(written.len(), 5);
-    let back = table::read_parquet(&dir.path().join("overlap.parquet")).unwrap();
+    let back = output::read_parquet(&dir.path().join("overlap.parquet")).unwrap();
     assert_eq!(back.height(), overlap_rows);
-    let meta = table::read_metadata(&dir.path().join("topx.parquet")).unwrap();
+    let meta = output::read_metadata(&dir.path().join("topx.parquet")).unwrap();
     let config_json = &meta.iter().find(|(k, _)| k == "config").unwrap().1;
     let read: GradStatsConfig = serde_json::from_str(config_json).unwrap();
     assert_eq!(read.batches, 3);

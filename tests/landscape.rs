@@ -108,10 +108,10 @@ fn alpha_one_is_sift_lab_eval_and_alpha_zero_is_theta0() {
     // The metadata holds the full configuration and the tool version.
     assert_eq!(file.config.eval_examples, n);
     assert_eq!(file.config.alpha, Range::parse("0:1:3").unwrap());
-    let metadata = sift_lab::table::read_metadata(&file.path).unwrap();
+    let metadata = sift_lab::output::read_metadata(&file.path).unwrap();
     assert!(metadata
         .iter()
-        .any(|(k, v)| k == sift_lab::table::VERSION_KEY && v == env!("CARGO_PKG_VERSION")));
+        .any(|(k, v)| k == sift_lab::output::VERSION_KEY && v == env!("CARGO_PKG_VERSION")));
 
     // α = 1 against the `sift-lab eval` binary on the same examples.
     let report = eval_report(n, None);

@@ -8,7 +8,9 @@ use std::process::Command;
 
 use candle_core::{DType, Device, Tensor, Var};
 use sift_lab::data::{BatchOrder, Split, Task};
-use sift_lab::methods::{self, FineTuning, MethodKind, Selection};
+use sift_lab::budget::{self, Selection};
+use sift_lab::methods::{FineTuning, MethodKind};
+use sift_lab::select;
 use sift_lab::model::{self, Mode, WeightMap};
 use sift_lab::optim::{AdamW, AdamWConfig};
 
@@ -37,7 +39,7 @@ fn loss(pretrained: &model::Pretrained, weights: &WeightMap, b: &sift_lab::data:
 }
 
 fn head(pretrained: &model::Pretrained) -> Vec<String> {
-    methods::head_names(&pretrained.config, pretrained.num_labels).unwrap()
+    select::head_names(&pretrained.config, pretrained.num_labels).unwrap()
 }
 
 fn shapes(pretrained: &model::Pretrained, names: &[String]) -> Vec<(String, Vec<usize>)> {
@@ -53,9 +55,9 @@ fn shapes(pretrained: &model::Pretrained, names: &[String]) -> Vec<(String, Vec<
 fn delta_gradient_equals_the_dense_gradient_at_the_selected_entries() {
     let pretrained = common::pretrained(2);
     let b = batch(&pretrained, 4, 48);
-    let targets = methods::target_names("attention", &pretrained.config).unwrap();
+    let targets = select::target_names("attention", &pretrained.config).unwrap();
     assert_eq!(targets.len(), 6 * 8);
-    let selected = methods::select_random(&shapes(&pretrained, &targets), 0.01, 3);
+    let selected = budget::select_random(&shapes(&pretrained, &targets), 0.01, 3);
     let method = FineTuning::sparse(
         MethodKind::Sift,
         &pretrained.weights,
@@ -123,8 +125,8 @@ fn delta_gradient_equals_the_dense_gradient_at_the_selected_entries() {
 fn an_update_takes_effect_on_the_next_forward_and_merges_exactly() {
     let pretrained = common::pretrained(2);
     let b = batch(&pretrained, 4, 48);
-    let targets = methods::target_names("q,k,v,o", &pretrained.config).unwrap();
-    let selected = methods::select_random(&shapes(&pretrained, &targets), 0.01, 5);
+    let targets = select::target_names("q,k,v,o", &pretrained.config).unwrap();
+    let selected = budget::select_random(&shapes(&pretrained, &targets), 0.01, 5);
     let method = FineTuning::sparse(
         MethodKind::Sift,
         &pretrained.weights,
@@ -180,11 +182,11 @@ fn an_update_takes_effect_on_the_next_forward_and_merges_exactly() {
 fn sift_selects_the_top_k_of_the_accumulated_gradient() {
     let pretrained = common::pretrained(2);
     let train = common::dataset(&pretrained, Task::Rte, Split::Train, 48, 24);
-    let targets = methods::target_names("v", &pretrained.config).unwrap()[..2].to_vec();
+    let targets = select::target_names("v", &pretrained.config).unwrap()[..2].to_vec();
     let config = common::train_config("sift", 8, 2);
     let accumulated =
         sift_lab::train::accumulated_gradients(&pretrained, &train, &targets, &config).unwrap();
-    let selected = methods::select_by_gradient(&accumulated, 0.01, Selection::PerTensor);
+    let selected = budget::select_by_gradient(&accumulated, 0.01, Selection::PerTensor);
 
     // Independent accumulation, batch by batch, in the same shuffled order.
     let mut weights = pretrained.weights.clone();
@@ -234,18 +236,18 @@ fn sift_selects_the_top_k_of_the_accumulated_gradient() {
         assert_eq!(selected[name].len(), k);
     }
     // Global selection spends the same total budget.
-    let global = methods::select_by_gradient(&accumulated, 0.01, Selection::Global);
+    let global = budget::select_by_gradient(&accumulated, 0.01, Selection::Global);
     assert_eq!(global.values().map(Vec::len).sum::<usize>(), 2 * 1474);
 }
 
 #[test]
 fn the_random_arm_reproduces_from_its_seed() {
     let pretrained = common::pretrained(2);
-    let targets = methods::target_names("q,k,v,o", &pretrained.config).unwrap();
+    let targets = select::target_names("q,k,v,o", &pretrained.config).unwrap();
     let s = shapes(&pretrained, &targets);
-    let a = methods::select_random(&s, 0.01, 11);
-    let b = methods::select_random(&s, 0.01, 11);
-    let c = methods::select_random(&s, 0.01, 12);
+    let a = budget::select_random(&s, 0.01, 11);
+    let b = budget::select_random(&s, 0.01, 11);
+    let c = budget::select_random(&s, 0.01, 12);
     assert_eq!(a, b);
     assert_ne!(a, c);
     for indices in a.values() {
@@ -263,7 +265,7 @@ fn trainable_counts_and_optimizer_state_are_what_the_budget_says() {
         .map(|n| pretrained.weights[n].elem_count())
         .sum();
     assert_eq!(head_count, 384 * 384 + 384 + 2 * 384 + 2);
-    let targets = methods::target_names("q,k,v,o", &pretrained.config).unwrap();
+    let targets = select::target_names("q,k,v,o", &pretrained.config).unwrap();
     assert_eq!(targets.len(), 24);
 
     // LoRA: r·(m + n) per m×n matrix.
@@ -274,7 +276,7 @@ fn trainable_counts_and_optimizer_state_are_what_the_budget_says() {
     );
 
     // SIFT: the optimizer holds k-sized tensors only (two moments each).
-    let selected = methods::select_random(&shapes(&pretrained, &targets), 0.01, 0);
+    let selected = budget::select_random(&shapes(&pretrained, &targets), 0.01, 0);
     let sift = FineTuning::sparse(MethodKind::Sift, &pretrained.weights, &head, &selected).unwrap();
     let opt = AdamW::new(sift.params().unwrap(), AdamWConfig::default()).unwrap();
     let state: usize = opt.state_tensors().map(|t| t.elem_count()).sum();
@@ -349,7 +351,7 @@ fn a_short_sift_run_learns_and_its_export_evaluates_identically() {
     assert_eq!(summary.status, "completed");
     assert_eq!(summary.steps, 16);
 
-    let metrics = sift_lab::table::read_parquet(&out.path().join("metrics.parquet")).unwrap();
+    let metrics = sift_lab::output::read_parquet(&out.path().join("metrics.parquet")).unwrap();
     let kind_column = metrics.column("kind").unwrap().str().unwrap().clone();
     let kinds: Vec<String> = (0..metrics.height())
         .map(|i| kind_column.get(i).unwrap().to_string())
@@ -527,8 +529,8 @@ fn hand_written_pass_equals_candle_autograd_for_every_method() {
             "the batch should have padding"
         );
         let head = head(&pretrained);
-        let all = methods::target_names("all", &pretrained.config).unwrap();
-        let linear = methods::target_names("q,k,v,o,ffn", &pretrained.config).unwrap();
+        let all = select::target_names("all", &pretrained.config).unwrap();
+        let linear = select::target_names("q,k,v,o,ffn", &pretrained.config).unwrap();
         let mut cases = vec![
             (
                 "full",
@@ -544,7 +546,7 @@ fn hand_written_pass_equals_candle_autograd_for_every_method() {
                     MethodKind::Sift,
                     &pretrained.weights,
                     &head,
-                    &methods::select_random(&shapes(&pretrained, &all), 0.02, 5),
+                    &budget::select_random(&shapes(&pretrained, &all), 0.02, 5),
                 )
                 .unwrap(),
             ),

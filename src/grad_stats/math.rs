@@ -24,19 +24,6 @@ pub fn top_count(n: usize, percent: f64) -> usize {
     k.clamp(1, n)
 }
 
-/// How many components a top-x % mask holds: SIFT's budget k = max(1, ⌊x·n⌋) (SPEC, "SIFT"),
-/// so that a first-batch mask is exactly the set SIFT would train. It differs from
-/// [`top_count`] by at most one component.
-pub fn mask_count(n: usize, percent: f64) -> usize {
-    if n == 0 {
-        return 0;
-    }
-    let exact = percent / 100.0 * n as f64;
-    // Add a relative 1e-12 so that an exact product such as 7 % of 100 = 7.000000000000001
-    // or 6.999999999999999 floors to 7.
-    let k = (exact * (1.0 + 1e-12)).floor() as usize;
-    k.clamp(1, n)
-}
 
 /// The top-x% curve of one gradient at the given x values (percent).
 #[derive(Debug, Clone, PartialEq)]
@@ -81,31 +68,6 @@ pub fn topx_curve(g: &[f32], grid_percent: &[f64]) -> TopxCurve {
     }
 }
 
-/// Indices (ascending) of the `k` largest |g|. Ties go to the lower index, so the mask is
-/// deterministic. Panics if the vector has more than u32::MAX entries (callers check).
-pub fn top_k_indices(g: &[f32], k: usize) -> Vec<u32> {
-    let k = k.min(g.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    assert!(
-        g.len() <= u32::MAX as usize,
-        "vector too long for u32 indices"
-    );
-    let mut indices: Vec<u32> = (0..g.len() as u32).collect();
-    let by_magnitude = |a: &u32, b: &u32| {
-        g[*b as usize]
-            .abs()
-            .total_cmp(&g[*a as usize].abs())
-            .then(a.cmp(b))
-    };
-    if k < indices.len() {
-        indices.select_nth_unstable_by(k - 1, by_magnitude);
-        indices.truncate(k);
-    }
-    indices.sort_unstable();
-    indices
-}
 
 /// Size of the intersection of two ascending index lists.
 pub fn intersection_count(a: &[u32], b: &[u32]) -> usize {
@@ -156,7 +118,7 @@ pub struct MaskSums {
 }
 
 impl MaskSums {
-    /// `first` and `own` are ascending index lists (from [`top_k_indices`]).
+    /// `first` and `own` are ascending index lists (from [`crate::budget::top_k_indices`]).
     pub fn of(g: &[f32], first: &[u32], own: &[u32]) -> MaskSums {
         MaskSums {
             sq_first: squared_norm_at(g, first),
@@ -333,6 +295,7 @@ impl Moments {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::top_k_indices;
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol * (1.0 + b.abs())
@@ -348,15 +311,6 @@ mod tests {
         assert!(grid.windows(2).all(|w| w[0] < w[1]));
     }
 
-    #[test]
-    fn mask_count_is_sifts_budget() {
-        assert_eq!(mask_count(147_456, 1.0), 1474); // 1474.56 rounds down, as SIFT's budget
-        assert_eq!(mask_count(300, 1.0), 3);
-        assert_eq!(mask_count(100, 7.0), 7);
-        assert_eq!(mask_count(100, 0.01), 1); // at least one
-        assert_eq!(mask_count(1000, 100.0), 1000);
-        assert_eq!(mask_count(0, 1.0), 0);
-    }
 
     #[test]
     fn top_count_is_the_ceiling_clamped_to_one_and_n() {

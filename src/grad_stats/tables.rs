@@ -25,13 +25,13 @@ use super::{
     Accumulator, GradStatsSummary, GradStatsTables, OverlapMode, ALL, ALL_PER_TENSOR, MODELS,
 };
 use crate::plot::grad_stats::{GradientFigure, Histogram, OverlapFigure, OverlapPanel, TopxLine};
-use crate::{plot, table};
+use crate::{output, plot};
 
 pub const HIST_FILE: &str = "hist.parquet";
 pub const TOPX_FILE: &str = "topx.parquet";
 pub const OVERLAP_FILE: &str = "overlap.parquet";
 pub const STATS_FILE: &str = "stats.parquet";
-pub const SUMMARY_FILE: &str = "summary.json";
+pub use crate::output::SUMMARY_FILE;
 pub const FIG3_STEM: &str = "fig3_gradients";
 /// Fig. 4 of a frozen run; a during-training run appends [`TRAINING_SUFFIX`], so both can share
 /// one figures folder (their Fig. 3 is the same: batch 1 comes before any update).
@@ -269,22 +269,18 @@ pub fn write_tables(tables: &mut GradStatsTables, dir: &Path) -> Result<Vec<Path
         (&mut tables.stats, STATS_FILE),
     ] {
         let path = dir.join(file);
-        table::write_parquet(df, &path, &metadata)?;
+        output::write_parquet(df, &path, &metadata)?;
         paths.push(path);
     }
     let summary = dir.join(SUMMARY_FILE);
-    std::fs::write(
-        &summary,
-        serde_json::to_string_pretty(&tables.summary)? + "\n",
-    )
-    .with_context(|| format!("writing {}", summary.display()))?;
+    output::write_json(&summary, &tables.summary)?;
     paths.push(summary);
     Ok(paths)
 }
 
 /// The run summary stored in a table's metadata.
 pub fn read_summary(path: &Path) -> Result<GradStatsSummary> {
-    let metadata = table::read_metadata(path)?;
+    let metadata = output::read_metadata(path)?;
     let run = metadata
         .iter()
         .find(|(k, _)| k == "run")
@@ -368,7 +364,7 @@ pub fn figures_from_dir(dir: &Path) -> Result<(GradientFigure, OverlapFigure)> {
     let top = config.top_percent;
 
     // Fig. 3 (a)–(c).
-    let hist = table::read_parquet(&hist_path)?;
+    let hist = output::read_parquet(&hist_path)?;
     let (h_model, h_tensor, h_range) = (
         strings(&hist, "model")?,
         strings(&hist, "tensor")?,
@@ -404,7 +400,7 @@ pub fn figures_from_dir(dir: &Path) -> Result<(GradientFigure, OverlapFigure)> {
     let own = [histogram(MODELS[0], "own")?, histogram(MODELS[1], "own")?];
 
     // Fig. 3 (d).
-    let topx = table::read_parquet(&dir.join(TOPX_FILE))?;
+    let topx = output::read_parquet(&dir.join(TOPX_FILE))?;
     let (t_model, t_tensor, t_x, t_ratio) = (
         strings(&topx, "model")?,
         strings(&topx, "tensor")?,
@@ -461,7 +457,7 @@ pub fn figures_from_dir(dir: &Path) -> Result<(GradientFigure, OverlapFigure)> {
     };
 
     // Fig. 4.
-    let overlap = table::read_parquet(&dir.join(OVERLAP_FILE))?;
+    let overlap = output::read_parquet(&dir.join(OVERLAP_FILE))?;
     let (o_model, o_tensor, o_batch) = (
         strings(&overlap, "model")?,
         strings(&overlap, "tensor")?,

@@ -73,7 +73,7 @@ pub fn train_config(
         modules: "q,k,v,o".into(),
         rate: 0.01,
         selection_batches,
-        selection: sift_lab::methods::Selection::PerTensor,
+        selection: sift_lab::budget::Selection::PerTensor,
         lora_rank: 8,
         lora_alpha: 16.0,
         epochs: 1,

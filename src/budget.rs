@@ -1,0 +1,182 @@
+//! Budgets and top-k, in one place: how many entries of a tensor a rate buys, which entries
+//! are the largest, and how SIFT and the random baseline spend a budget over several tensors.
+//! SIFT's training, grad-stats' "the set SIFT would train" and budget matching all use these.
+
+use std::collections::BTreeMap;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// How a budget is spread over the targeted tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// k = max(1, ⌊rate · numel⌋) entries of each targeted tensor.
+    PerTensor,
+    /// The same total budget, spent on the largest |G| across all targeted tensors together.
+    Global,
+}
+
+/// SIFT's budget for one tensor: k = max(1, ⌊rate · numel⌋) (SPEC, "SIFT"), at most numel.
+/// The product is nudged up by a relative 1e-12 before flooring, so that a rate that buys a
+/// whole number of entries gets it despite rounding (0.29 · 100 = 28.999999999999996 → 29).
+pub fn budget(rate: f64, numel: usize) -> usize {
+    if numel == 0 {
+        return 0;
+    }
+    let exact = rate * numel as f64;
+    ((exact * (1.0 + 1e-12)).floor() as usize).clamp(1, numel)
+}
+
+/// Flat indices (ascending) of the k entries of largest |g|; ties go to the lower index, and
+/// NaN counts as the smallest magnitude.
+pub fn top_k_indices(g: &[f32], k: usize) -> Vec<u32> {
+    let k = k.min(g.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    assert!(g.len() <= u32::MAX as usize, "tensor too long for u32 indices");
+    let mut indices: Vec<u32> = (0..g.len() as u32).collect();
+    let key = |i: &u32| (std::cmp::Reverse(magnitude_order(g[*i as usize])), *i);
+    if k < indices.len() {
+        indices.select_nth_unstable_by_key(k - 1, key);
+        indices.truncate(k);
+    }
+    indices.sort_unstable();
+    indices
+}
+
+/// A total order on |x| for f32 (NaN lowest): the bit pattern of |x| orders like its value.
+fn magnitude_order(x: f32) -> u32 {
+    if x.is_nan() {
+        0
+    } else {
+        x.abs().to_bits()
+    }
+}
+
+/// SIFT's selection from accumulated gradients: per tensor, or globally with the same total.
+pub fn select_by_gradient(
+    gradients: &BTreeMap<String, Vec<f32>>,
+    rate: f64,
+    selection: Selection,
+) -> BTreeMap<String, Vec<u32>> {
+    match selection {
+        Selection::PerTensor => gradients
+            .iter()
+            .map(|(name, g)| (name.clone(), top_k_indices(g, budget(rate, g.len()))))
+            .collect(),
+        Selection::Global => {
+            let total: usize = gradients.values().map(|g| budget(rate, g.len())).sum();
+            // One pool over all tensors; each entry remembers its tensor.
+            let names: Vec<&String> = gradients.keys().collect();
+            let mut pool: Vec<(u32, u32, u32)> = Vec::new();
+            for (t, g) in gradients.values().enumerate() {
+                pool.extend(
+                    g.iter()
+                        .enumerate()
+                        .map(|(i, v)| (magnitude_order(*v), t as u32, i as u32)),
+                );
+            }
+            let mut chosen: BTreeMap<String, Vec<u32>> =
+                names.iter().map(|n| ((*n).clone(), Vec::new())).collect();
+            let total = total.min(pool.len());
+            if total == 0 {
+                return chosen;
+            }
+            pool.select_nth_unstable_by_key(total - 1, |&(m, t, i)| (std::cmp::Reverse(m), t, i));
+            for &(_, t, i) in &pool[..total] {
+                chosen.get_mut(names[t as usize]).unwrap().push(i);
+            }
+            chosen.values_mut().for_each(|v| v.sort_unstable());
+            chosen
+        }
+    }
+}
+
+/// The random baseline: k indices per tensor drawn uniformly without replacement, from the
+/// seed's stream for that tensor name (so the draw does not depend on which tensors are targeted).
+pub fn select_random(
+    shapes: &[(String, Vec<usize>)],
+    rate: f64,
+    seed: u64,
+) -> BTreeMap<String, Vec<u32>> {
+    shapes
+        .iter()
+        .map(|(name, shape)| {
+            let numel: usize = shape.iter().product();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+            }));
+            let mut indices: Vec<u32> =
+                rand::seq::index::sample(&mut rng, numel, budget(rate, numel))
+                    .into_iter()
+                    .map(|i| i as u32)
+                    .collect();
+            indices.sort_unstable();
+            (name.clone(), indices)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_floors_rate_times_numel_with_at_least_one() {
+        assert_eq!(budget(0.01, 147_456), 1474); // 1474.56
+        assert_eq!(budget(0.01, 300), 3);
+        assert_eq!(budget(0.07, 100), 7); // 7.000000000000001
+        assert_eq!(budget(0.29, 100), 29); // 28.999999999999996 in f64
+        assert_eq!(budget(0.57, 100), 57); // 56.99999999999999
+        assert_eq!(budget(1e-9, 10), 1);
+        assert_eq!(budget(1.0, 10), 10);
+        assert_eq!(budget(2.0, 10), 10);
+        assert_eq!(budget(0.5, 0), 0);
+        // Every whole-percent rate of 100 entries buys exactly that many.
+        for p in 1..=100 {
+            assert_eq!(budget(p as f64 / 100.0, 100), p, "{p} %");
+        }
+    }
+
+    #[test]
+    fn top_k_takes_the_largest_magnitudes_and_breaks_ties_by_index() {
+        let g = [0.1, -5.0, 3.0, -3.0, 0.0, 4.0];
+        assert_eq!(top_k_indices(&g, 1), vec![1]);
+        assert_eq!(top_k_indices(&g, 3), vec![1, 2, 5]);
+        // |3.0| = |−3.0|: the lower index wins the last place.
+        assert_eq!(top_k_indices(&g, 4), vec![1, 2, 3, 5]);
+        assert_eq!(top_k_indices(&g, 10), vec![0, 1, 2, 3, 4, 5]);
+        assert!(top_k_indices(&g, 0).is_empty());
+        assert_eq!(top_k_indices(&[f32::NAN, 1.0, -2.0], 2), vec![1, 2]);
+    }
+
+    #[test]
+    fn global_selection_pools_all_tensors() {
+        let mut g = BTreeMap::new();
+        g.insert("a".to_string(), vec![10.0, 0.0, 0.0, 0.0]);
+        g.insert("b".to_string(), vec![9.0, 8.0, 7.0, 0.0]);
+        // Budget: rate 0.5 → 2 per tensor, 4 in all; globally the 4 largest are a0, b0, b1, b2.
+        let per = select_by_gradient(&g, 0.5, Selection::PerTensor);
+        assert_eq!(per["a"], vec![0, 1]);
+        assert_eq!(per["b"], vec![0, 1]);
+        let global = select_by_gradient(&g, 0.5, Selection::Global);
+        assert_eq!(global["a"], vec![0]);
+        assert_eq!(global["b"], vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn random_selection_has_the_budget_and_depends_only_on_seed_and_name() {
+        let shapes = vec![("x".to_string(), vec![10, 10]), ("y".to_string(), vec![50])];
+        let a = select_random(&shapes, 0.29, 7);
+        assert_eq!(a["x"].len(), 29);
+        assert_eq!(a["y"].len(), 14); // ⌊14.5⌋
+        assert!(a["x"].windows(2).all(|w| w[0] < w[1]) && *a["x"].last().unwrap() < 100);
+        // The same tensor alone draws the same indices; another seed draws others.
+        assert_eq!(select_random(&shapes[..1], 0.29, 7)["x"], a["x"]);
+        assert_ne!(select_random(&shapes[..1], 0.29, 8)["x"], a["x"]);
+    }
+}
