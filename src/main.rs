@@ -438,7 +438,7 @@ fn main() -> Result<()> {
         Command::Train(args) => {
             let config = sift_lab::train::TrainConfig {
                 model: args.model,
-                task: parse_task(&args.data.task)?.name().to_string(),
+                task: parse_task(&args.data.task)?,
                 data_dir: data_dir(&args.data.data_dir)?,
                 method: args.method,
                 modules: args.modules,
@@ -464,11 +464,18 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::GradStats(args) => {
-            if !args.plot_only {
+            let figures_dir = args.figures_dir.unwrap_or_else(|| args.out.clone());
+            if args.plot_only {
+                for path in grad_stats::draw_figures(&args.out, &figures_dir)? {
+                    eprintln!("wrote {}", path.display());
+                }
+                return Ok(());
+            }
+            {
                 let task = parse_task(args.task.as_deref().unwrap_or_default())?;
                 let mut config = grad_stats::GradStatsConfig::new(
                     &args.model,
-                    task.name(),
+                    task,
                     &data_dir(&args.data_dir)?,
                     &args.out,
                 );
@@ -484,15 +491,11 @@ fn main() -> Result<()> {
                 config.trainable = args.trainable;
                 config.seed = args.seed;
                 config.progress = true;
-                let mut tables = grad_stats::run(&config)?;
-                for path in grad_stats::write_tables(&mut tables, &args.out)? {
+                let (report, files) = grad_stats::run(&config, Some(&figures_dir))?;
+                for path in files {
                     eprintln!("wrote {}", path.display());
                 }
-                println!("{}", tables.summary.render());
-            }
-            let figures_dir = args.figures_dir.unwrap_or_else(|| args.out.clone());
-            for path in grad_stats::draw_figures(&args.out, &figures_dir)? {
-                eprintln!("wrote {}", path.display());
+                println!("{}", report.summary.render());
             }
         }
         Command::Landscape(args) => {

@@ -119,6 +119,14 @@ pub mod column {
         no_nulls(name, col.f64().with_context(|| format!("column '{name}'"))?.iter().collect())
     }
 
+    /// A float column where null stands for "undefined" (e.g. a ratio of an all-zero
+    /// gradient): nulls read as NaN.
+    pub fn f64s_or_nan(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
+        let col = df.column(name).with_context(|| format!("no column '{name}'"))?;
+        let values = col.f64().with_context(|| format!("column '{name}'"))?;
+        Ok(values.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+    }
+
     pub fn u32s(df: &DataFrame, name: &str) -> Result<Vec<u32>> {
         let col = df.column(name).with_context(|| format!("no column '{name}'"))?;
         no_nulls(name, col.u32().with_context(|| format!("column '{name}'"))?.iter().collect())
@@ -206,7 +214,7 @@ mod tests {
     fn parquet_and_json_round_trip_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/t.parquet");
-        let mut df = DataFrame::new(vec![
+        let mut df = DataFrame::new_infer_height(vec![
             Column::new("x".into(), &[1.5f64, -2.0]),
             Column::new("n".into(), &[3u32, 4]),
             Column::new("s".into(), &["a", "b"]),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +26,7 @@ use crate::{eval, output, progress};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainConfig {
     pub model: String,
-    pub task: String,
+    pub task: Task,
     pub data_dir: PathBuf,
     pub method: MethodKind,
     pub modules: String,
@@ -141,7 +141,7 @@ pub fn run(
     config.validate()?;
     let started = Instant::now();
     let device = Device::Cpu;
-    let task = Task::parse(&config.task).with_context(|| format!("--task {}", config.task))?;
+    let task = config.task;
     let pretrained =
         model::load_pretrained(&config.model, None, task.num_labels(), config.seed, &device)?;
     let train = Dataset::load(
@@ -437,8 +437,9 @@ pub fn accumulated_gradients(
         seed: config.seed,
         epoch: 0,
     };
+    let device = pretrained.device();
     let batches = train
-        .batches(config.batch_size, order, &pretrained.device())
+        .batches(config.batch_size, order, &device)
         .take(config.selection_batches)
         .map(|b| b.map_err(anyhow::Error::from));
     GradientSource::frozen(pretrained, &pretrained.weights, targets)?.accumulate(batches)

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use candle_core::{Device, Var};
-use sift_lab::data::BatchOrder;
+use sift_lab::data::{BatchOrder, Task};
 use sift_lab::grad_stats::{self, math, GradStatsConfig, GradientSource, OverlapMode, Setup};
 use sift_lab::model::{self, Mode, WeightMap};
 use sift_lab::output;
@@ -18,7 +18,7 @@ const VALUE0: &str = "encoder.layer.0.attention.self.value.weight";
 
 fn config(out: &std::path::Path, batches: usize) -> GradStatsConfig {
     let mut config =
-        GradStatsConfig::new(&common::default_model(), "mrpc", &common::glue_dir(), out);
+        GradStatsConfig::new(&common::default_model(), Task::Mrpc, &common::glue_dir(), out);
     config.batch_size = 8;
     config.max_len = 64;
     config.batches = batches;
@@ -150,7 +150,7 @@ fn gradients_used_equal_those_of_the_full_training_path() {
     }
 
     // The tables of a run on the same config describe exactly these first-batch gradients.
-    let tables = grad_stats::run(&config).unwrap();
+    let tables = grad_stats::compute(&config).unwrap();
     for (m, model_name) in grad_stats::MODELS.iter().enumerate() {
         let g = &used[m];
         let stats = &tables.stats;
@@ -202,7 +202,7 @@ fn gradients_used_equal_those_of_the_full_training_path() {
 fn tables_are_consistent_and_figures_redraw_from_parquet() {
     let dir = common::temp_dir("grad-stats-tables");
     let config = config(dir.path(), 3);
-    let mut tables = grad_stats::run(&config).unwrap();
+    let mut tables = grad_stats::compute(&config).unwrap();
     let summary = tables.summary.clone();
     assert_eq!(summary.batches_done, 3);
     assert_eq!(
@@ -384,17 +384,17 @@ fn during_training_takes_each_gradient_before_its_update() {
 fn bad_input_is_refused_with_a_helpful_message() {
     let dir = common::temp_dir("grad-stats-bad");
     let mut c = config(dir.path(), 1);
-    let err = format!("{:#}", grad_stats::run(&c).err().unwrap());
+    let err = format!("{:#}", grad_stats::compute(&c).err().unwrap());
     assert!(err.contains("at least 2 batches"), "{err}");
 
     c.batches = 2;
     c.bins = 1;
-    let err = format!("{:#}", grad_stats::run(&c).err().unwrap());
+    let err = format!("{:#}", grad_stats::compute(&c).err().unwrap());
     assert!(err.contains("at least 2 bins"), "{err}");
 
     c.bins = 10;
     c.tensors = Some("encoder.layer.*.attention.self.value.weight,nothing.like.this".into());
-    let err = format!("{:#}", grad_stats::run(&c).err().unwrap());
+    let err = format!("{:#}", grad_stats::compute(&c).err().unwrap());
     assert!(
         err.contains("'nothing.like.this' matches no tensor"),
         "{err}"
@@ -406,7 +406,7 @@ fn bad_input_is_refused_with_a_helpful_message() {
 
     c.tensors = None;
     c.figure_tensor = Some("encoder.layer.0.output.dense.weight".into());
-    let err = format!("{:#}", grad_stats::run(&c).err().unwrap());
+    let err = format!("{:#}", grad_stats::compute(&c).err().unwrap());
     assert!(err.contains("not among the chosen tensors"), "{err}");
 }
 

@@ -308,3 +308,39 @@ mod tests {
         );
     }
 }
+
+// Configurations store a task and a split by their canonical names, so a stored run's JSON
+// reads the same as the command line that made it ("rte", "dev").
+macro_rules! serde_by_name {
+    ($ty:ty) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let name = String::deserialize(d)?;
+                <$ty>::parse(&name).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+serde_by_name!(Task);
+serde_by_name!(Split);
+
+#[cfg(test)]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn tasks_and_splits_serialize_as_their_names() {
+        assert_eq!(serde_json::to_string(&Task::MnliMismatched).unwrap(), "\"mnli-mm\"");
+        assert_eq!(serde_json::from_str::<Task>("\"SST-2\"").unwrap(), Task::Sst2);
+        assert_eq!(serde_json::to_string(&Split::Dev).unwrap(), "\"dev\"");
+        let err = serde_json::from_str::<Task>("\"glue\"").unwrap_err().to_string();
+        assert!(err.contains("glue"), "{err}");
+    }
+}

@@ -26,26 +26,27 @@
 //! one exists only to see how the masks drift along a run.)
 
 pub mod math;
+mod figures;
 mod tables;
 
-use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{Device, Var};
+use candle_core::Device;
 use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batch, BatchOrder, Dataset, Split, Task};
-use crate::model::{self, Pretrained, SequenceClassifier, WeightMap};
+use crate::model::{self, Pretrained, WeightMap};
 pub use crate::gradients::{BatchGradients, GradientSource};
 use crate::select::{compact_names, select_tensors};
 use crate::{budget, memory, progress};
 
 use math::{MaskRatios, MaskSums, Moments, TopxCurve};
 
-pub use tables::{draw_figures, figures_from_dir, write_tables};
+pub use figures::{draw_figures, figures_from_dir, FIG3_STEM, FIG4_STEM, TRAINING_SUFFIX};
+pub use tables::{read_summary, write_tables, HIST_FILE, OVERLAP_FILE, STATS_FILE, TOPX_FILE};
 
 /// The two models, in the order every table and figure uses.
 pub const MODELS: [&str; 2] = ["pretrained", "scratch"];
@@ -97,8 +98,8 @@ impl OverlapMode {
 pub struct GradStatsConfig {
     /// Hub id or model directory.
     pub model: String,
-    /// GLUE task name (the train split is used).
-    pub task: String,
+    /// GLUE task (the train split is used).
+    pub task: Task,
     pub data_dir: PathBuf,
     pub max_len: usize,
     /// Comma-separated glob patterns (`*` = any characters) over the tensor names;
@@ -129,10 +130,10 @@ pub struct GradStatsConfig {
 
 impl GradStatsConfig {
     /// A config with the defaults of the command line.
-    pub fn new(model: &str, task: &str, data_dir: &Path, out: &Path) -> GradStatsConfig {
+    pub fn new(model: &str, task: Task, data_dir: &Path, out: &Path) -> GradStatsConfig {
         GradStatsConfig {
             model: model.to_string(),
-            task: task.to_string(),
+            task,
             data_dir: data_dir.to_path_buf(),
             max_len: 128,
             tensors: None,
@@ -170,7 +171,6 @@ impl GradStatsConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr {}: must be a positive number", self.lr);
         }
-        Task::parse(&self.task).with_context(|| format!("--task {}", self.task))?;
         Ok(())
     }
 }
@@ -258,8 +258,9 @@ impl GradStatsSummary {
     }
 }
 
-/// The tables of one run (tidy, long format; see [`tables`] for the columns).
-pub struct GradStatsTables {
+/// What a run returns: its tables (tidy, long format; see `tables.rs` for the columns) and
+/// its summary.
+pub struct GradStatsReport {
     pub hist: DataFrame,
     pub topx: DataFrame,
     pub overlap: DataFrame,
@@ -498,7 +499,7 @@ pub struct Setup {
 impl Setup {
     pub fn load(config: &GradStatsConfig) -> Result<Setup> {
         config.validate()?;
-        let task = Task::parse(&config.task)?;
+        let task = config.task;
         let device = Device::Cpu;
         let pretrained =
             model::load_pretrained(&config.model, None, task.num_labels(), config.seed, &device)?;
@@ -597,9 +598,19 @@ impl Setup {
     }
 }
 
-/// Runs the analysis and returns its tables (nothing is written: see [`write_tables`]).
+/// Runs the analysis: computes the tables ([`compute`]), writes them and `summary.json` into
+/// `config.out`, and draws Fig. 3 and Fig. 4 into `figures_dir` (default: `config.out`).
+/// Returns the report and the files written.
+pub fn run(config: &GradStatsConfig, figures_dir: Option<&Path>) -> Result<(GradStatsReport, Vec<PathBuf>)> {
+    let mut report = compute(config)?;
+    let mut files = write_tables(&mut report, &config.out)?;
+    files.extend(draw_figures(&config.out, figures_dir.unwrap_or(&config.out))?);
+    Ok((report, files))
+}
+
+/// Computes the tables of a run; writes nothing.
 /// Ctrl-C stops after the current batch and returns what is complete (at least one batch).
-pub fn run(config: &GradStatsConfig) -> Result<GradStatsTables> {
+pub fn compute(config: &GradStatsConfig) -> Result<GradStatsReport> {
     let start = Instant::now();
     let setup = Setup::load(config)?;
     let device = Device::Cpu;
@@ -679,7 +690,7 @@ pub fn run(config: &GradStatsConfig) -> Result<GradStatsTables> {
         peak_rss_mib: memory::peak_rss_mib(),
         headline,
     };
-    Ok(GradStatsTables {
+    Ok(GradStatsReport {
         hist: tables::hist_frame(&histograms)?,
         topx: tables::topx_frame(&accumulators)?,
         overlap: tables::overlap_frame(&accumulators)?,
@@ -737,7 +748,7 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_before_loading_anything() {
-        let mut c = GradStatsConfig::new("m", "mrpc", Path::new("."), Path::new("out"));
+        let mut c = GradStatsConfig::new("m", Task::Mrpc, Path::new("."), Path::new("out"));
         assert!(c.validate().is_ok());
         c.batches = 1;
         assert!(c
@@ -756,8 +767,8 @@ mod tests {
         c.top_percent = 0.0;
         assert!(c.validate().is_err());
         c.top_percent = 1.0;
-        c.task = "nope".into();
-        assert!(c.validate().is_err());
+        c.lr = 0.0;
+        assert!(c.validate().unwrap_err().to_string().contains("--lr"));
     }
 
     /// The accumulator on constructed gradients: two tensors, three batches, the mask rows

@@ -67,7 +67,7 @@ pub fn train_config(
     use clap::ValueEnum;
     sift_lab::train::TrainConfig {
         model: default_model(),
-        task: "rte".into(),
+        task: Task::Rte,
         data_dir: glue_dir(),
         method: sift_lab::methods::MethodKind::from_str(method, true).unwrap(),
         modules: "q,k,v,o".into(),
