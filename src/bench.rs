@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use crate::data::{BatchOrder, Dataset, Split, Task};
 use crate::methods::{FineTuning, MethodKind};
-use crate::{budget, select};
 use crate::model::{self, Pretrained};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::{budget, select};
 
 /// What one benchmark process measures (one arm per process, so peak RSS is per arm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

@@ -36,7 +36,10 @@ pub fn top_k_indices(g: &[f32], k: usize) -> Vec<u32> {
     if k == 0 {
         return Vec::new();
     }
-    assert!(g.len() <= u32::MAX as usize, "tensor too long for u32 indices");
+    assert!(
+        g.len() <= u32::MAX as usize,
+        "tensor too long for u32 indices"
+    );
     let mut indices: Vec<u32> = (0..g.len() as u32).collect();
     let key = |i: &u32| (std::cmp::Reverse(magnitude_order(g[*i as usize])), *i);
     if k < indices.len() {

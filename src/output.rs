@@ -115,30 +115,58 @@ pub mod column {
     }
 
     pub fn f64s(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
-        let col = df.column(name).with_context(|| format!("no column '{name}'"))?;
-        no_nulls(name, col.f64().with_context(|| format!("column '{name}'"))?.iter().collect())
+        let col = df
+            .column(name)
+            .with_context(|| format!("no column '{name}'"))?;
+        no_nulls(
+            name,
+            col.f64()
+                .with_context(|| format!("column '{name}'"))?
+                .iter()
+                .collect(),
+        )
     }
 
     /// A float column where null stands for "undefined" (e.g. a ratio of an all-zero
     /// gradient): nulls read as NaN.
     pub fn f64s_or_nan(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
-        let col = df.column(name).with_context(|| format!("no column '{name}'"))?;
+        let col = df
+            .column(name)
+            .with_context(|| format!("no column '{name}'"))?;
         let values = col.f64().with_context(|| format!("column '{name}'"))?;
         Ok(values.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
     }
 
     pub fn u32s(df: &DataFrame, name: &str) -> Result<Vec<u32>> {
-        let col = df.column(name).with_context(|| format!("no column '{name}'"))?;
-        no_nulls(name, col.u32().with_context(|| format!("column '{name}'"))?.iter().collect())
+        let col = df
+            .column(name)
+            .with_context(|| format!("no column '{name}'"))?;
+        no_nulls(
+            name,
+            col.u32()
+                .with_context(|| format!("column '{name}'"))?
+                .iter()
+                .collect(),
+        )
     }
 
     pub fn u64s(df: &DataFrame, name: &str) -> Result<Vec<u64>> {
-        let col = df.column(name).with_context(|| format!("no column '{name}'"))?;
-        no_nulls(name, col.u64().with_context(|| format!("column '{name}'"))?.iter().collect())
+        let col = df
+            .column(name)
+            .with_context(|| format!("no column '{name}'"))?;
+        no_nulls(
+            name,
+            col.u64()
+                .with_context(|| format!("column '{name}'"))?
+                .iter()
+                .collect(),
+        )
     }
 
     pub fn strings(df: &DataFrame, name: &str) -> Result<Vec<String>> {
-        let col = df.column(name).with_context(|| format!("no column '{name}'"))?;
+        let col = df
+            .column(name)
+            .with_context(|| format!("no column '{name}'"))?;
         let values: Vec<Option<String>> = col
             .str()
             .with_context(|| format!("column '{name}'"))?
@@ -161,7 +189,10 @@ pub struct Difference {
 pub fn config_differences<T: Serialize>(stored: &T, now: &T) -> Result<Vec<Difference>> {
     let (a, b) = (serde_json::to_value(stored)?, serde_json::to_value(now)?);
     let empty = serde_json::Map::new();
-    let (a, b) = (a.as_object().unwrap_or(&empty), b.as_object().unwrap_or(&empty));
+    let (a, b) = (
+        a.as_object().unwrap_or(&empty),
+        b.as_object().unwrap_or(&empty),
+    );
     let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     let null = serde_json::Value::Null;
     Ok(keys
@@ -200,13 +231,30 @@ mod tests {
 
     #[test]
     fn differences_name_each_changed_key_once_in_order() {
-        let stored = Config { a: 1, b: "x".into(), c: None };
-        let now = Config { a: 2, b: "x".into(), c: Some(0.5) };
+        let stored = Config {
+            a: 1,
+            b: "x".into(),
+            c: None,
+        };
+        let now = Config {
+            a: 2,
+            b: "x".into(),
+            c: Some(0.5),
+        };
         let d = config_differences(&stored, &now).unwrap();
         assert_eq!(d.len(), 2);
-        assert_eq!((d[0].key.as_str(), d[0].stored.as_str(), d[0].now.as_str()), ("a", "1", "2"));
-        assert_eq!((d[1].key.as_str(), d[1].stored.as_str(), d[1].now.as_str()), ("c", "null", "0.5"));
-        assert_eq!(describe_differences(&d), "a: was 1, now 2; c: was null, now 0.5");
+        assert_eq!(
+            (d[0].key.as_str(), d[0].stored.as_str(), d[0].now.as_str()),
+            ("a", "1", "2")
+        );
+        assert_eq!(
+            (d[1].key.as_str(), d[1].stored.as_str(), d[1].now.as_str()),
+            ("c", "null", "0.5")
+        );
+        assert_eq!(
+            describe_differences(&d),
+            "a: was 1, now 2; c: was null, now 0.5"
+        );
         assert!(config_differences(&stored, &stored).unwrap().is_empty());
     }
 
@@ -230,11 +278,17 @@ mod tests {
         assert!(err.contains("'missing'"), "{err}");
         let meta = read_metadata(&path).unwrap();
         assert_eq!(metadata_value(&meta, "config", &path).unwrap(), "{}");
-        assert_eq!(metadata_value(&meta, VERSION_KEY, &path).unwrap(), env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            metadata_value(&meta, VERSION_KEY, &path).unwrap(),
+            env!("CARGO_PKG_VERSION")
+        );
         assert!(metadata_value(&meta, "nope", &path).is_err());
         let json = dir.path().join("summary.json");
         write_json(&json, &serde_json::json!({"k": 1})).unwrap();
-        assert_eq!(std::fs::read_to_string(&json).unwrap(), "{\n  \"k\": 1\n}\n");
+        assert_eq!(
+            std::fs::read_to_string(&json).unwrap(),
+            "{\n  \"k\": 1\n}\n"
+        );
         // Nothing temporary is left behind.
         let names: Vec<String> = std::fs::read_dir(dir.path().join("sub"))
             .unwrap()

@@ -185,17 +185,29 @@ mod tests {
         assert!(!glob_match("a*b*c", "aXbYc_"));
         assert!(glob_match("exact", "exact"));
         assert!(!glob_match("exact", "exactly"));
-        assert!(glob_match("encoder.layer.?.output.*", "encoder.layer.5.output.dense.bias"));
-        assert!(!glob_match("encoder.layer.?.output.*", "encoder.layer.15.output.dense.bias"));
+        assert!(glob_match(
+            "encoder.layer.?.output.*",
+            "encoder.layer.5.output.dense.bias"
+        ));
+        assert!(!glob_match(
+            "encoder.layer.?.output.*",
+            "encoder.layer.15.output.dense.bias"
+        ));
         assert!(glob_match("l??", "lay") && !glob_match("l??", "la"));
     }
 
     #[test]
     fn selection_keeps_candidate_order_and_names_the_flag_on_no_match() {
-        let names: Vec<String> = ["b.weight", "a.weight", "a.bias", "encoder.layer.0.x", "encoder.layer.1.x"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let names: Vec<String> = [
+            "b.weight",
+            "a.weight",
+            "a.bias",
+            "encoder.layer.0.x",
+            "encoder.layer.1.x",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(
             select_tensors(&names, "a.*, b.weight", "--tensors").unwrap(),
             vec!["b.weight", "a.weight", "a.bias"]
@@ -204,8 +216,13 @@ mod tests {
             select_tensors(&names, "encoder.layer.?.x", "--tensors").unwrap(),
             vec!["encoder.layer.0.x", "encoder.layer.1.x"]
         );
-        let err = select_tensors(&names, "c.*", "--trainable").unwrap_err().to_string();
-        assert!(err.starts_with("--trainable 'c.*' matches no tensor"), "{err}");
+        let err = select_tensors(&names, "c.*", "--trainable")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--trainable 'c.*' matches no tensor"),
+            "{err}"
+        );
         assert!(err.contains("encoder.layer.{L}.x (L = 0..1)"), "{err}");
         assert!(select_tensors(&names, " , ", "--tensors").is_err());
     }
@@ -232,7 +249,12 @@ mod tests {
         assert!(err.contains("--modules") && err.contains("\"x\""), "{err}");
         assert_eq!(
             head_names(&c, 2).unwrap(),
-            vec!["pooler.dense.weight", "pooler.dense.bias", "classifier.weight", "classifier.bias"]
+            vec![
+                "pooler.dense.weight",
+                "pooler.dense.bias",
+                "classifier.weight",
+                "classifier.bias"
+            ]
         );
     }
 }

@@ -14,13 +14,13 @@ use candle_core::{Device, Tensor};
 use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{BatchOrder, Dataset, Split, Task};
 use crate::budget::{self, Selection};
+use crate::data::{BatchOrder, Dataset, Split, Task};
 use crate::gradients::GradientSource;
 use crate::methods::{FineTuning, MethodKind};
-use crate::select;
 use crate::model::{self, Pretrained};
 use crate::optim::{self, AdamW, AdamWConfig};
+use crate::select;
 use crate::{eval, output, progress};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -378,7 +378,6 @@ fn format_metrics(metrics: &BTreeMap<String, f64>) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
-
 
 /// Builds the method; SIFT selects on the first batches of the first epoch's order at θ1.
 /// On resume, the selection comes from the saved state instead.

@@ -2,33 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
-fn sift_lab() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sift-lab"));
-    cmd.env("HF_HUB_OFFLINE", "1");
-    cmd
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        !out.status.success(),
-        "should have failed, printed {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
+use common::{run_err, run_ok, sift_lab};
 
 #[test]
 fn eval_reports_json_and_writes_predictions_that_agree_with_it() {

@@ -10,15 +10,19 @@ use std::process::Command;
 
 use candle_core::{Device, Var};
 use sift_lab::data::{BatchOrder, Task};
-use sift_lab::grad_stats::{self, math, GradStatsConfig, GradientSource, OverlapMode, Setup};
+use sift_lab::grad_stats::{self, GradStatsConfig, GradientSource, OverlapMode, Setup};
 use sift_lab::model::{self, Mode, WeightMap};
 use sift_lab::output;
 
 const VALUE0: &str = "encoder.layer.0.attention.self.value.weight";
 
 fn config(out: &std::path::Path, batches: usize) -> GradStatsConfig {
-    let mut config =
-        GradStatsConfig::new(&common::default_model(), Task::Mrpc, &common::glue_dir(), out);
+    let mut config = GradStatsConfig::new(
+        &common::default_model(),
+        Task::Mrpc,
+        &common::glue_dir(),
+        out,
+    );
     config.batch_size = 8;
     config.max_len = 64;
     config.batches = batches;
@@ -164,7 +168,11 @@ fn gradients_used_equal_those_of_the_full_training_path() {
         );
         assert_eq!(r.len(), 1);
         let max_abs = g.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
-        let norm = math::squared_norm(g).sqrt();
+        let norm = g
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum::<f64>()
+            .sqrt();
         let got_max = column_f64(stats, "max_abs")[r[0]];
         let got_norm = column_f64(stats, "l2_norm")[r[0]];
         assert!(
@@ -184,8 +192,9 @@ fn gradients_used_equal_those_of_the_full_training_path() {
             .iter()
             .map(|&i| column_f64(topx, "norm_ratio")[i])
             .collect();
-        let curve = math::topx_curve(g, &x);
-        for (j, (&a, &b)) in ratio.iter().zip(&curve.norm_ratio).enumerate() {
+        assert!(x.len() > 10 && x.contains(&1.0), "{x:?}");
+        for (j, &a) in ratio.iter().enumerate() {
+            let b = topx_by_sorting(g, x[j]);
             assert!(
                 (a - b).abs() < 1e-5,
                 "{model_name} x = {}: {a} vs {b}",
@@ -193,6 +202,16 @@ fn gradients_used_equal_those_of_the_full_training_path() {
             );
         }
     }
+}
+
+/// SPEC's P(x) = ‖g_top⌈x·n⌉‖₂ / ‖g‖₂ by sorting the squares, independently of `math`.
+fn topx_by_sorting(g: &[f32], x_percent: f64) -> f64 {
+    let mut squares: Vec<f64> = g.iter().map(|&v| (v as f64) * (v as f64)).collect();
+    squares.sort_by(|a, b| b.total_cmp(a));
+    // ⌈x·n⌉ with x·n rounded to 9 digits first, so 1 % of 147456 is 1475 (1474.56 up).
+    let exact = (x_percent / 100.0 * g.len() as f64 * 1e9).round() / 1e9;
+    let k = (exact.ceil() as usize).clamp(1, g.len());
+    (squares[..k].iter().sum::<f64>() / squares.iter().sum::<f64>()).sqrt()
 }
 
 /// Histogram counts add up to the entries of the tensor, on both ranges, for every unit; the
@@ -319,12 +338,83 @@ fn tables_are_consistent_and_figures_redraw_from_parquet() {
     let paths = grad_stats::draw_figures(dir.path(), &figures).unwrap();
     for name in ["fig3_gradients", "fig4_mask_overlap"] {
         for ext in ["png", "svg"] {
-            let path = figures.join(format!("{name}.{ext}"));
-            assert!(paths.contains(&path));
+            assert!(paths.contains(&figures.join(format!("{name}.{ext}"))));
+        }
+    }
+    check_fig4_draws_the_overlap_table(&figures.join("fig4_mask_overlap.svg"), &back, 3);
+}
+
+/// What Fig. 4 draws, read from its SVG: four panels (θ1, θ0 × the figure tensor, all
+/// per-tensor), each with a red r_first line of one point per batch, at equal x steps, whose
+/// heights are the table's r_first values on a linear axis; batch 1 starts where r_own does.
+fn check_fig4_draws_the_overlap_table(
+    svg_path: &std::path::Path,
+    overlap: &polars::prelude::DataFrame,
+    batches: usize,
+) {
+    let svg = std::fs::read_to_string(svg_path).unwrap();
+    let texts = common::svg_texts(&svg);
+    for title in [
+        "θ1 pretrained · layer 3",
+        "θ0 from scratch · all 24 chosen tensors",
+    ] {
+        assert!(
+            texts.iter().any(|t| t.contains(title)),
+            "no panel '{title}' in {texts:?}"
+        );
+    }
+    let lines = common::svg_polylines(&svg);
+    let red: Vec<&Vec<(f64, f64)>> = lines
+        .iter()
+        .filter(|(stroke, _)| stroke.eq_ignore_ascii_case("#C81E1E"))
+        .map(|(_, points)| points)
+        .collect();
+    // Each panel: its r_first line, then the two-point stroke of its legend entry.
+    assert_eq!(red.len(), 8, "{red:?}");
+    assert!(red
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .all(|legend| legend.len() == 2));
+    let red: Vec<_> = red.into_iter().step_by(2).collect();
+    // Panel order: figure tensor (θ1, θ0), then all/per-tensor (θ1, θ0).
+    let units = [
+        ("pretrained", "encoder.layer.3.attention.self.value.weight"),
+        ("scratch", "encoder.layer.3.attention.self.value.weight"),
+        ("pretrained", grad_stats::ALL_PER_TENSOR),
+        ("scratch", grad_stats::ALL_PER_TENSOR),
+    ];
+    let r_first = column_f64(overlap, "r_first");
+    for (points, (model, tensor)) in red.iter().zip(units) {
+        let r = rows(overlap, &[("model", model), ("tensor", tensor)]);
+        let values: Vec<f64> = r.iter().map(|&i| r_first[i]).collect();
+        assert_eq!(
+            (points.len(), values.len()),
+            (batches, batches),
+            "{model} {tensor}"
+        );
+        let dx = points[1].0 - points[0].0;
+        assert!(dx > 10.0 && (points[2].0 - points[1].0 - dx).abs() <= 1.0);
+        // Pixel y grows downwards: y = top + (1.02 - v)·scale. The scale comes from the point
+        // farthest in value from batch 1; every point must then sit within a pixel and a half
+        // of the line (plotters rounds to whole pixels).
+        let far = (1..batches)
+            .max_by(|&a, &b| {
+                (values[a] - values[0])
+                    .abs()
+                    .total_cmp(&(values[b] - values[0]).abs())
+            })
+            .unwrap();
+        let scale = (points[0].1 - points[far].1) / (values[far] - values[0]);
+        assert!(
+            scale > 300.0 && scale < 500.0,
+            "{model} {tensor}: scale {scale}"
+        );
+        for (p, v) in points.iter().zip(&values) {
+            let predicted = points[0].1 - (v - values[0]) * scale;
             assert!(
-                std::fs::metadata(&path).unwrap().len() > 1000,
-                "{}",
-                path.display()
+                (predicted - p.1).abs() <= 1.5,
+                "{model} {tensor}: heights {points:?} do not follow {values:?}"
             );
         }
     }
@@ -400,7 +490,7 @@ fn bad_input_is_refused_with_a_helpful_message() {
         "{err}"
     );
     assert!(
-        err.contains("encoder.layer.{0..5}.attention.self.value.weight"),
+        err.contains("encoder.layer.{L}.attention.self.value.weight") && err.contains("L = 0..5"),
         "the available names are listed: {err}"
     );
 
@@ -448,8 +538,26 @@ fn cli_runs_and_redraws_from_parquet() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    // The printed headline for θ1 "all" is the mean r_first over batches 2..N of overlap.parquet.
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(stdout.contains("r_first"), "{stdout}");
+    let overlap = output::read_parquet(&out.join("overlap.parquet")).unwrap();
+    let r = rows(
+        &overlap,
+        &[("model", "pretrained"), ("tensor", grad_stats::ALL)],
+    );
+    let batch = output::column::u32s(&overlap, "batch").unwrap();
+    let later: Vec<f64> = r
+        .iter()
+        .filter(|&&i| batch[i] > 1)
+        .map(|&i| column_f64(&overlap, "r_first")[i])
+        .collect();
+    assert_eq!(later.len(), 1);
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().take(2).eq(["pretrained", "all"]))
+        .unwrap_or_else(|| panic!("no 'pretrained all' row in {stdout}"));
+    let printed: f64 = line.split_whitespace().nth(5).unwrap().parse().unwrap();
+    assert!((printed - later[0]).abs() < 6e-5, "{line} vs {}", later[0]);
     for file in [
         "hist.parquet",
         "topx.parquet",

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use candle_core::{DType, Device, Tensor, Var};
-use sift_lab::data::{BatchOrder, Split, Task};
 use sift_lab::budget::{self, Selection};
+use sift_lab::data::{BatchOrder, Split, Task};
 use sift_lab::methods::{FineTuning, MethodKind};
-use sift_lab::select;
 use sift_lab::model::{self, Mode, WeightMap};
 use sift_lab::optim::{AdamW, AdamWConfig};
+use sift_lab::select;
 
 fn batch(pretrained: &model::Pretrained, n: usize, max_len: usize) -> sift_lab::data::Batch {
     let data = common::dataset(pretrained, Task::Rte, Split::Train, max_len, n);

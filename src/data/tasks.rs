@@ -337,10 +337,18 @@ mod serde_tests {
 
     #[test]
     fn tasks_and_splits_serialize_as_their_names() {
-        assert_eq!(serde_json::to_string(&Task::MnliMismatched).unwrap(), "\"mnli-mm\"");
-        assert_eq!(serde_json::from_str::<Task>("\"SST-2\"").unwrap(), Task::Sst2);
+        assert_eq!(
+            serde_json::to_string(&Task::MnliMismatched).unwrap(),
+            "\"mnli-mm\""
+        );
+        assert_eq!(
+            serde_json::from_str::<Task>("\"SST-2\"").unwrap(),
+            Task::Sst2
+        );
         assert_eq!(serde_json::to_string(&Split::Dev).unwrap(), "\"dev\"");
-        let err = serde_json::from_str::<Task>("\"glue\"").unwrap_err().to_string();
+        let err = serde_json::from_str::<Task>("\"glue\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("glue"), "{err}");
     }
 }

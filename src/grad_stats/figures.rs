@@ -9,8 +9,8 @@ use anyhow::{bail, Result};
 use super::tables::{read_summary, HIST_FILE, OVERLAP_FILE, TOPX_FILE};
 use super::{OverlapMode, ALL, ALL_PER_TENSOR, MODELS};
 use crate::output::{self, column};
-use crate::plot::grad_stats::{GradientFigure, Histogram, OverlapFigure, OverlapPanel, TopxLine};
 use crate::plot;
+use crate::plot::grad_stats::{GradientFigure, Histogram, OverlapFigure, OverlapPanel, TopxLine};
 
 pub const FIG3_STEM: &str = "fig3_gradients";
 /// Fig. 4 of a frozen run; a during-training run appends [`TRAINING_SUFFIX`], so both can share

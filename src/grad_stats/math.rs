@@ -24,7 +24,6 @@ pub fn top_count(n: usize, percent: f64) -> usize {
     k.clamp(1, n)
 }
 
-
 /// The top-x% curve of one gradient at the given x values (percent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopxCurve {
@@ -67,7 +66,6 @@ pub fn topx_curve(g: &[f32], grid_percent: &[f64]) -> TopxCurve {
         sq_share,
     }
 }
-
 
 /// Size of the intersection of two ascending index lists.
 pub fn intersection_count(a: &[u32], b: &[u32]) -> usize {
@@ -310,7 +308,6 @@ mod tests {
         assert!(close(grid[80], 100.0, 1e-12));
         assert!(grid.windows(2).all(|w| w[0] < w[1]));
     }
-
 
     #[test]
     fn top_count_is_the_ceiling_clamped_to_one_and_n() {

@@ -25,8 +25,8 @@
 //! no weight decay; θ0 is trained the same way from θ0. (A proper trainer lives elsewhere; this
 //! one exists only to see how the masks drift along a run.)
 
-pub mod math;
 mod figures;
+pub mod math;
 mod tables;
 
 use std::path::{Path, PathBuf};
@@ -38,8 +38,8 @@ use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batch, BatchOrder, Dataset, Split, Task};
-use crate::model::{self, Pretrained, WeightMap};
 pub use crate::gradients::{BatchGradients, GradientSource};
+use crate::model::{self, Pretrained, WeightMap};
 use crate::select::{compact_names, select_tensors};
 use crate::{budget, memory, progress};
 
@@ -267,7 +267,6 @@ pub struct GradStatsReport {
     pub stats: DataFrame,
     pub summary: GradStatsSummary,
 }
-
 
 /// The default tensor of the histograms: the middle layer's attention value weight.
 pub fn default_figure_tensor(num_layers: usize) -> String {
@@ -601,10 +600,16 @@ impl Setup {
 /// Runs the analysis: computes the tables ([`compute`]), writes them and `summary.json` into
 /// `config.out`, and draws Fig. 3 and Fig. 4 into `figures_dir` (default: `config.out`).
 /// Returns the report and the files written.
-pub fn run(config: &GradStatsConfig, figures_dir: Option<&Path>) -> Result<(GradStatsReport, Vec<PathBuf>)> {
+pub fn run(
+    config: &GradStatsConfig,
+    figures_dir: Option<&Path>,
+) -> Result<(GradStatsReport, Vec<PathBuf>)> {
     let mut report = compute(config)?;
     let mut files = write_tables(&mut report, &config.out)?;
-    files.extend(draw_figures(&config.out, figures_dir.unwrap_or(&config.out))?);
+    files.extend(draw_figures(
+        &config.out,
+        figures_dir.unwrap_or(&config.out),
+    )?);
     Ok((report, files))
 }
 

@@ -22,9 +22,7 @@ use anyhow::{Context, Result};
 use polars::prelude::{Column, DataFrame};
 
 use super::math::{self, Moments};
-use super::{
-    Accumulator, GradStatsReport, GradStatsSummary, ALL, MODELS,
-};
+use super::{Accumulator, GradStatsReport, GradStatsSummary, ALL, MODELS};
 use crate::output;
 use crate::plot::grad_stats::Histogram;
 

@@ -89,3 +89,74 @@ pub fn train_config(
         log_every: 10,
     }
 }
+
+/// The release binary under test, offline.
+pub fn sift_lab() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sift-lab"));
+    cmd.env("HF_HUB_OFFLINE", "1");
+    cmd
+}
+
+/// Runs `cmd`, asserts success, returns stdout.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `cmd`, asserts failure, returns stderr.
+pub fn run_err(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "should have failed, printed {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// The value of attribute `name` in one SVG element's text (`name="..."`).
+fn svg_attribute<'a>(element: &'a str, name: &str) -> Option<&'a str> {
+    let start = element.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = element[start..].find('"')?;
+    Some(&element[start..start + len])
+}
+
+/// The points of every `<polyline>` of an SVG document, in document order, with its stroke
+/// colour: what a plotters line series draws.
+pub fn svg_polylines(svg: &str) -> Vec<(String, Vec<(f64, f64)>)> {
+    svg.split("<polyline")
+        .skip(1)
+        .map(|element| {
+            let element = &element[..element.find("/>").unwrap_or(element.len())];
+            let stroke = svg_attribute(element, "stroke")
+                .unwrap_or_default()
+                .to_string();
+            let points = svg_attribute(element, "points")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|p| {
+                    let (x, y) = p.split_once(',').expect("x,y");
+                    (x.parse().unwrap(), y.parse().unwrap())
+                })
+                .collect();
+            (stroke, points)
+        })
+        .collect()
+}
+
+/// The text content of every `<text>` element of an SVG document.
+pub fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|element| {
+            let open = element.find('>')?;
+            let close = element.find("</text>")?;
+            Some(element[open + 1..close].to_string())
+        })
+        .collect()
+}
