@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -104,7 +104,12 @@ fn inputs(config: &BenchConfig, pretrained: &Pretrained, device: &Device) -> Res
         let batch = data
             .batches(b, BatchOrder::Sequential, device)
             .next()
-            .expect("at least one example")?;
+            .with_context(|| {
+                format!(
+                    "--task {task}: the train split in {} has no examples to benchmark on",
+                    data_dir.display()
+                )
+            })??;
         // Pad to exactly T, as the PyTorch side does (padding="max_length").
         let pad = |x: &Tensor, value: u32| -> Result<Tensor> {
             let missing = t - x.dim(1)?;
@@ -157,7 +162,30 @@ fn time_training(
     Ok((seconds, method.trainable_count()?, optimizer.state_bytes()))
 }
 
+impl BenchConfig {
+    /// Rejects shapes that cannot be measured, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            bail!("--batch-size 0: a batch needs at least one row");
+        }
+        if self.seq_len < 2 {
+            bail!(
+                "--seq-len {}: a row needs at least 2 tokens ([CLS] and [SEP])",
+                self.seq_len
+            );
+        }
+        if self.iters == 0 {
+            bail!("--iters 0: at least one timed iteration is needed");
+        }
+        if self.arm == Some(Arm::Lora) && self.lora_rank == 0 {
+            bail!("--lora-rank 0: the rank must be at least 1");
+        }
+        Ok(())
+    }
+}
+
 pub fn run(config: &BenchConfig) -> Result<BenchReport> {
+    config.validate()?;
     let device = Device::Cpu;
     let num_labels = config.task.as_ref().map_or(2, |(t, _)| t.num_labels());
     let pretrained = model::load_pretrained(&config.model, None, num_labels, 0, &device)?;

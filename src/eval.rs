@@ -2,7 +2,7 @@
 //! predictions. [`evaluate`] is the one evaluation loop every other command reuses.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -11,8 +11,8 @@ use polars::prelude::{Column, DataFrame};
 use serde::Serialize;
 
 use crate::data::{BatchOrder, Dataset, Label, Split, Task};
-use crate::metrics;
 use crate::model::{self, SequenceClassifier};
+use crate::{metrics, output};
 
 #[derive(Debug, Clone)]
 pub struct EvalConfig {
@@ -150,7 +150,7 @@ pub fn evaluate(
     bar.finish_and_clear();
     let n = predictions.loss.len();
     let mean_loss = predictions.loss.iter().map(|&l| l as f64).sum::<f64>() / n.max(1) as f64;
-    let metrics = metrics::task_metrics(dataset.task, &predictions.logits, &predictions.labels);
+    let metrics = metrics::task_metrics(dataset.task, &predictions.logits, &predictions.labels)?;
     Ok((
         Scores {
             n_examples: n,
@@ -159,6 +159,19 @@ pub fn evaluate(
         },
         predictions,
     ))
+}
+
+/// The metadata key of the report in a predictions file.
+pub const REPORT_KEY: &str = "eval_report";
+
+/// Writes per-example predictions to `path` (Parquet, atomically), the report in its metadata.
+pub fn write_predictions(
+    path: &Path,
+    report: &EvalReport,
+    predictions: &Predictions,
+) -> Result<()> {
+    let metadata = vec![(REPORT_KEY.to_string(), serde_json::to_string(report)?)];
+    output::write_parquet(&mut predictions.to_frame()?, path, &metadata)
 }
 
 /// `sift-lab eval`: loads the model (and checkpoint) and evaluates it on the split.

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use sift_lab::data::{Split, Task};
-use sift_lab::{analysis_config, bench, eval, grad_stats, hub, landscape, output};
+use sift_lab::data::{self, Split, Task};
+use sift_lab::{analysis_config, bench, eval, grad_stats, hub, landscape};
 
 #[derive(Parser)]
 #[command(
@@ -43,17 +43,38 @@ enum Command {
     },
 }
 
+/// Where the GLUE data is.
 #[derive(Args)]
-struct DataArgs {
-    /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli.
-    #[arg(long)]
-    task: String,
+struct DataDirArg {
     /// Folder holding the GLUE task folders (RTE/, MRPC/, ...). Default: ../shared/data/glue where it exists.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+impl DataDirArg {
+    fn resolve(&self) -> Result<PathBuf> {
+        data::glue_dir(self.data_dir.as_deref())
+    }
+}
+
+/// The data flags every GLUE command shares (the task is each command's own: some make it optional).
+#[derive(Args)]
+struct DataArgs {
+    #[command(flatten)]
+    dir: DataDirArg,
     /// Maximum tokens per example (pairs are truncated longest-first).
     #[arg(long, default_value_t = 128)]
     max_len: usize,
+}
+
+/// `--task`: one of the GLUE task names, checked by clap.
+fn task_arg(name: &str) -> Result<Task, String> {
+    Task::parse(name).map_err(|e| e.to_string())
+}
+
+/// `--split`: train or dev.
+fn split_arg(name: &str) -> Result<Split, String> {
+    Split::parse(name).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]
@@ -64,11 +85,14 @@ struct EvalArgs {
     /// A fine-tuned checkpoint directory (config.json + model.safetensors) to evaluate instead of the pretrained weights.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli.
+    #[arg(long, value_parser = task_arg)]
+    task: Task,
     #[command(flatten)]
     data: DataArgs,
     /// dev or train.
-    #[arg(long, default_value = "dev")]
-    split: String,
+    #[arg(long, default_value = "dev", value_parser = split_arg)]
+    split: Split,
     /// Only the first N examples of the split.
     #[arg(long)]
     limit: Option<usize>,
@@ -89,6 +113,9 @@ struct EvalArgs {
 struct TrainArgs {
     #[arg(long, default_value = hub::DEFAULT_MODEL)]
     model: String,
+    /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli.
+    #[arg(long, value_parser = task_arg)]
+    task: Task,
     #[command(flatten)]
     data: DataArgs,
     /// How the pretrained weights are fine-tuned.
@@ -155,10 +182,10 @@ struct BenchArgs {
     #[arg(long, value_enum)]
     arm: Option<bench::Arm>,
     /// Use the first --batch-size training examples of this GLUE task, padded to --seq-len (default: random tokens).
-    #[arg(long)]
-    task: Option<String>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[arg(long, value_parser = task_arg)]
+    task: Option<Task>,
+    #[command(flatten)]
+    data: DataDirArg,
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
     #[arg(long, default_value_t = 32)]
@@ -176,18 +203,14 @@ struct BenchArgs {
 #[derive(Args)]
 struct GradStatsArgs {
     /// GLUE task (its train split): cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli.
-    #[arg(long, required_unless_present = "plot_only")]
-    task: Option<String>,
-    /// Folder holding the GLUE task folders (RTE/, MRPC/, ...). Default: ../shared/data/glue where it exists.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Maximum tokens per example (pairs are truncated longest-first).
-    #[arg(long, default_value_t = 128)]
-    max_len: usize,
+    #[arg(long, required_unless_present = "plot_only", value_parser = task_arg)]
+    task: Option<Task>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Hugging Face Hub id (resolved through the local cache) or a model directory.
     #[arg(long, default_value = hub::DEFAULT_MODEL)]
     model: String,
-    /// Tensors to analyse: comma-separated globs over the tensor names ('*' = any characters).
+    /// Tensors to analyse: comma-separated globs over the tensor names ('*' any characters, '?' one).
     /// Default: every layer's attention query, key, value and output weights.
     #[arg(long)]
     tensors: Option<String>,
@@ -206,8 +229,8 @@ struct GradStatsArgs {
     #[arg(long, default_value_t = grad_stats::DEFAULT_TOP_PERCENT)]
     top_percent: f64,
     /// frozen: fixed weights (batch-to-batch variation); during-training: gradients along a fine-tuning run (AdamW).
-    #[arg(long, default_value = "frozen", value_parser = ["frozen", "during-training"])]
-    overlap_mode: String,
+    #[arg(long, value_enum, default_value = "frozen")]
+    overlap_mode: grad_stats::OverlapMode,
     /// Learning rate of the during-training run (constant, AdamW, no weight decay).
     #[arg(long, default_value_t = grad_stats::DEFAULT_LR)]
     lr: f64,
@@ -231,14 +254,10 @@ struct GradStatsArgs {
 #[derive(Args)]
 struct LandscapeArgs {
     /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli.
-    #[arg(long, required_unless_present = "plot_only")]
-    task: Option<String>,
-    /// Folder holding the GLUE task folders (RTE/, MRPC/, ...). Default: ../shared/data/glue where it exists.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Maximum tokens per example (pairs are truncated longest-first).
-    #[arg(long, default_value_t = 128)]
-    max_len: usize,
+    #[arg(long, required_unless_present = "plot_only", value_parser = task_arg)]
+    task: Option<Task>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Hugging Face Hub id (resolved through the local cache) or a model directory: θ1.
     #[arg(long, default_value = hub::DEFAULT_MODEL)]
     model: String,
@@ -277,8 +296,8 @@ struct LandscapeArgs {
     #[arg(long, default_value_t = 512)]
     eval_examples: usize,
     /// train or dev.
-    #[arg(long, default_value = "train")]
-    split: String,
+    #[arg(long, default_value = "train", value_parser = split_arg)]
+    split: Split,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Seed of θ0, of the task head (the same in θ0 and θ1) and of the random directions.
@@ -338,29 +357,6 @@ struct MergeArgs {
     figures_dir: Option<PathBuf>,
 }
 
-/// `--data-dir`, or the shared GLUE copy next to the repository.
-fn data_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(dir) = arg {
-        if !dir.is_dir() {
-            bail!("--data-dir {}: no such directory", dir.display());
-        }
-        return Ok(dir.clone());
-    }
-    let default = PathBuf::from("../shared/data/glue");
-    if default.is_dir() {
-        return Ok(default);
-    }
-    bail!(
-        "no --data-dir given and ../shared/data/glue does not exist. Download GLUE (for example with the \
-         GLUE download script, https://gluebenchmark.com/tasks, or `datasets` exported to TSV) so that \
-         DIR/RTE/train.tsv etc. exist, and pass --data-dir DIR"
-    )
-}
-
-fn parse_task(name: &str) -> Result<Task> {
-    Task::parse(name).with_context(|| format!("--task {name}"))
-}
-
 /// mimalloc's `mi_option_purge_delay` (v3 enum value).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
@@ -393,10 +389,9 @@ fn main() -> Result<()> {
             let config = eval::EvalConfig {
                 model: args.model,
                 checkpoint: args.checkpoint,
-                task: parse_task(&args.data.task)?,
-                data_dir: data_dir(&args.data.data_dir)?,
-                split: Split::parse(&args.split)
-                    .with_context(|| format!("--split {}", args.split))?,
+                task: args.task,
+                data_dir: args.data.dir.resolve()?,
+                split: args.split,
                 limit: args.limit,
                 batch_size: args.batch_size,
                 max_len: args.data.max_len,
@@ -404,8 +399,7 @@ fn main() -> Result<()> {
             };
             let (report, predictions) = eval::run(&config, !args.json)?;
             if let Some(path) = &args.predictions {
-                let metadata = vec![("eval_report".to_string(), serde_json::to_string(&report)?)];
-                output::write_parquet(&mut predictions.to_frame()?, path, &metadata)?;
+                eval::write_predictions(path, &report, &predictions)?;
             }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -414,8 +408,8 @@ fn main() -> Result<()> {
             }
         }
         Command::Bench(args) => {
-            let task = match &args.task {
-                Some(name) => Some((parse_task(name)?, data_dir(&args.data_dir)?)),
+            let task = match args.task {
+                Some(task) => Some((task, args.data.resolve()?)),
                 None => None,
             };
             let config = bench::BenchConfig {
@@ -438,8 +432,8 @@ fn main() -> Result<()> {
         Command::Train(args) => {
             let config = sift_lab::train::TrainConfig {
                 model: args.model,
-                task: parse_task(&args.data.task)?,
-                data_dir: data_dir(&args.data.data_dir)?,
+                task: args.task,
+                data_dir: args.data.dir.resolve()?,
                 method: args.method,
                 modules: args.modules,
                 rate: args.rate,
@@ -472,21 +466,21 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             {
-                let task = parse_task(args.task.as_deref().unwrap_or_default())?;
+                let task = args.task.context("--task is required")?;
                 let mut config = grad_stats::GradStatsConfig::new(
                     &args.model,
                     task,
-                    &data_dir(&args.data_dir)?,
+                    &args.data.dir.resolve()?,
                     &args.out,
                 );
-                config.max_len = args.max_len;
+                config.max_len = args.data.max_len;
                 config.tensors = args.tensors;
                 config.figure_tensor = args.figure_tensor;
                 config.batches = args.batches;
                 config.batch_size = args.batch_size;
                 config.bins = args.bins;
                 config.top_percent = args.top_percent;
-                config.overlap_mode = grad_stats::OverlapMode::parse(&args.overlap_mode)?;
+                config.overlap_mode = args.overlap_mode;
                 config.lr = args.lr;
                 config.trainable = args.trainable;
                 config.seed = args.seed;
@@ -512,11 +506,11 @@ fn main() -> Result<()> {
                 }
                 return Ok(());
             }
-            let task = parse_task(args.task.as_deref().unwrap_or_default())?;
+            let task = args.task.context("--task is required")?;
             let dims = args.dims.unwrap_or(1);
             let directions = landscape::Directions::parse(&args.directions)?;
             let mut config =
-                landscape::LandscapeConfig::new(task.name(), &data_dir(&args.data_dir)?, dims);
+                landscape::LandscapeConfig::new(task.name(), &args.data.dir.resolve()?, dims);
             config.model = args.model;
             config.directions = directions;
             config.alpha = match &args.alpha {
@@ -534,12 +528,9 @@ fn main() -> Result<()> {
             config.tensors = args.tensors;
             config.filter_1d = landscape::Filter1d::parse(&args.filter_1d)?;
             config.seed = args.seed;
-            config.split = Split::parse(&args.split)
-                .with_context(|| format!("--split {}", args.split))?
-                .name()
-                .to_string();
+            config.split = args.split.name().to_string();
             config.eval_examples = args.eval_examples;
-            config.max_len = args.max_len;
+            config.max_len = args.data.max_len;
             config.batch_size = args.batch_size;
             if let Some(points) = args.benchmark {
                 config.validate()?;

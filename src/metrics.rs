@@ -125,31 +125,51 @@ fn argmax(logits: &[f32]) -> u32 {
 /// Classification: prediction = argmax of each row. MRPC and QQP report "accuracy" and "f1";
 /// CoLA "matthews"; STS-B (regression: `logits[i][0]` is the predicted score) "pearson" and
 /// "spearman"; every other task "accuracy".
-pub fn task_metrics(task: Task, logits: &[Vec<f32>], labels: &[Label]) -> BTreeMap<String, f64> {
-    assert_same_len(logits.len(), labels.len());
+///
+/// Labels of the wrong kind for the task (a class for STS-B, a score elsewhere), a length
+/// mismatch or an empty set are errors: no metric is reported that is not a number.
+pub fn task_metrics(
+    task: Task,
+    logits: &[Vec<f32>],
+    labels: &[Label],
+) -> Result<BTreeMap<String, f64>, MetricsError> {
+    if logits.len() != labels.len() {
+        return Err(MetricsError::Lengths(logits.len(), labels.len()));
+    }
+    if labels.is_empty() {
+        return Err(MetricsError::Empty(task));
+    }
     let mut out = BTreeMap::new();
     if task.is_regression() {
         let pred: Vec<f64> = logits.iter().map(|row| f64::from(row[0])).collect();
         let gold: Vec<f64> = labels
             .iter()
             .map(|l| match *l {
-                Label::Score(s) => f64::from(s),
-                Label::Class(c) => panic!("{task} expects score labels, got class {c}"),
+                Label::Score(s) => Ok(f64::from(s)),
+                Label::Class(c) => Err(MetricsError::LabelKind {
+                    task,
+                    expected: "score",
+                    got: c.to_string(),
+                }),
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         out.insert("pearson".to_string(), pearson(&pred, &gold));
         out.insert("spearman".to_string(), spearman(&pred, &gold));
-        return out;
+        return Ok(out);
     }
 
     let pred: Vec<u32> = logits.iter().map(|row| argmax(row)).collect();
     let gold: Vec<u32> = labels
         .iter()
         .map(|l| match *l {
-            Label::Class(c) => c,
-            Label::Score(s) => panic!("{task} expects class labels, got score {s}"),
+            Label::Class(c) => Ok(c),
+            Label::Score(s) => Err(MetricsError::LabelKind {
+                task,
+                expected: "class",
+                got: s.to_string(),
+            }),
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     match task {
         Task::Cola => {
             out.insert("matthews".to_string(), matthews_corrcoef(&pred, &gold));
@@ -162,7 +182,22 @@ pub fn task_metrics(task: Task, logits: &[Vec<f32>], labels: &[Label]) -> BTreeM
             out.insert("accuracy".to_string(), accuracy(&pred, &gold));
         }
     }
-    out
+    Ok(out)
+}
+
+/// Why metrics could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("{0} predictions but {1} labels")]
+    Lengths(usize, usize),
+    #[error("no examples to score for {0}: the evaluation set is empty (check the split file, --limit or --eval-limit)")]
+    Empty(Task),
+    #[error("{task} expects {expected} labels, got {got}: the data does not match the task (check --task)")]
+    LabelKind {
+        task: Task,
+        expected: &'static str,
+        got: String,
+    },
 }
 
 /// The metric used to pick the best epoch and to compare methods; always a key of
@@ -283,15 +318,15 @@ mod tests {
 
     #[test]
     fn task_metrics_per_task() {
-        let m = task_metrics(Task::Mrpc, &rows(&PRED, 2), &classes(&LABEL));
+        let m = task_metrics(Task::Mrpc, &rows(&PRED, 2), &classes(&LABEL)).unwrap();
         assert_eq!(m.keys().collect::<Vec<_>>(), vec!["accuracy", "f1"]);
         assert!(close(m["accuracy"], 0.6) && close(m["f1"], 2.0 / 3.0));
 
-        let m = task_metrics(Task::Cola, &rows(&PRED, 2), &classes(&LABEL));
+        let m = task_metrics(Task::Cola, &rows(&PRED, 2), &classes(&LABEL)).unwrap();
         assert_eq!(m.keys().collect::<Vec<_>>(), vec!["matthews"]);
         assert!(close(m["matthews"], 1.0 / 6.0));
 
-        let m = task_metrics(Task::Mnli, &rows(&[0, 2, 1], 3), &classes(&[0, 2, 2]));
+        let m = task_metrics(Task::Mnli, &rows(&[0, 2, 1], 3), &classes(&[0, 2, 2])).unwrap();
         assert_eq!(m.keys().collect::<Vec<_>>(), vec!["accuracy"]);
         assert!(close(m["accuracy"], 2.0 / 3.0));
 
@@ -300,12 +335,26 @@ mod tests {
             .iter()
             .map(|&s| Label::Score(s))
             .collect();
-        let m = task_metrics(Task::Stsb, &logits, &gold);
+        let m = task_metrics(Task::Stsb, &logits, &gold).unwrap();
         assert_eq!(m.keys().collect::<Vec<_>>(), vec!["pearson", "spearman"]);
         assert!(close(m["spearman"], 0.9_f64.sqrt()));
         // pred = [1,2,2,3] (mean 2), gold = [1,3,2,4] (mean 2.5):
         // dx = [−1,0,0,1], dy = [−1.5,0.5,−0.5,1.5]; Σdxdy = 3, Σdx² = 2, Σdy² = 5 → 3/sqrt(10).
         assert!((m["pearson"] - 3.0 / 10f64.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn mismatched_or_missing_labels_are_errors_not_panics() {
+        let err = task_metrics(Task::Stsb, &[vec![1.0]], &[Label::Class(1)]).unwrap_err();
+        assert!(
+            err.to_string().contains("stsb expects score labels, got 1"),
+            "{err}"
+        );
+        let err = task_metrics(Task::Rte, &[vec![1.0, 0.0]], &[Label::Score(0.5)]).unwrap_err();
+        assert!(err.to_string().contains("expects class labels"), "{err}");
+        let err = task_metrics(Task::Rte, &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("evaluation set is empty"), "{err}");
+        assert!(task_metrics(Task::Rte, &[vec![1.0, 0.0]], &[]).is_err());
     }
 
     #[test]
@@ -328,7 +377,7 @@ mod tests {
             } else {
                 rows(&[0, 1], n)
             };
-            let m = task_metrics(task, &logits, &labels);
+            let m = task_metrics(task, &logits, &labels).unwrap();
             assert!(m.contains_key(primary_metric(task)), "{task}");
         }
     }

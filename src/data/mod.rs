@@ -6,6 +6,7 @@
 mod batches;
 mod dataset;
 mod encode;
+mod location;
 mod tasks;
 mod tsv;
 
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 pub use batches::{Batch, BatchOrder};
 pub use dataset::Dataset;
 pub use encode::{encode_examples, pad_token_id, EncodedExample};
+pub use location::{glue_dir, SHARED_GLUE_DIR};
 pub use tasks::{Split, Task};
 pub use tsv::{load_examples, Example, Label};
 

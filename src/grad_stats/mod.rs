@@ -67,7 +67,7 @@ pub const DEFAULT_LR: f64 = 2e-5;
 pub const GRID_PER_DECADE: usize = 20;
 
 /// How the weights behave while the N gradients are taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum OverlapMode {
     /// Fixed weights: pure batch-to-batch variation.
@@ -77,14 +77,6 @@ pub enum OverlapMode {
 }
 
 impl OverlapMode {
-    pub fn parse(name: &str) -> Result<OverlapMode> {
-        match name {
-            "frozen" => Ok(OverlapMode::Frozen),
-            "during-training" => Ok(OverlapMode::DuringTraining),
-            _ => bail!("--overlap-mode {name}: expected frozen or during-training"),
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             OverlapMode::Frozen => "frozen",
