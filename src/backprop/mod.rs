@@ -69,6 +69,7 @@ impl<'a> Held<'a> {
     }
 }
 
+/// A training batch's labels: class indices, or regression targets.
 enum Labels {
     Classes(Vec<u32>),
     Targets(Vec<f64>),
