@@ -2,6 +2,7 @@
 //! Models" (SIFT). Every analysis is a module that takes a config and returns a table.
 
 pub mod analysis_config;
+pub mod backprop;
 pub mod bench;
 pub mod budget;
 pub mod data;
@@ -9,6 +10,7 @@ pub mod eval;
 pub mod grad_stats;
 pub mod gradients;
 pub mod hub;
+pub mod kernels;
 pub mod landscape;
 pub mod memory;
 pub mod methods;

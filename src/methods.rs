@@ -9,19 +9,21 @@
 //! | random | k entries per target, picked from the seed | W + Δ |
 //! | lora   | A, B per target | W + (α/r)·B·A |
 //!
-//! The task head is trained densely in every method. For a linear layer, Δ is passed to the
-//! model as its factors (see `model::bert::increment`) so that the forward and backward passes
-//! never form it densely; other targeted tensors (biases, LayerNorm, embeddings) are rebuilt as
-//! W + scatter(values).
+//! The task head is trained densely in every method. For a linear layer, Δ is handed to the
+//! model as a typed [`Increment`] beside the weight map (sparse entries, or LoRA's factors; see
+//! [`EffectiveWeights`]): the training pass folds it into a copy of W once per step, and forms
+//! Δ's own gradient from the factors (the sampled products at the k entries; dA, dB), never a
+//! dense dW. Other targeted tensors (biases, LayerNorm, embeddings) are rebuilt in the weight
+//! map as W + scatter(values).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::model::bert::increment;
-use crate::model::WeightMap;
+use crate::model::{EffectiveWeights, Increment, WeightMap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -33,7 +35,7 @@ pub enum MethodKind {
     Lora,
 }
 
-/// A linear layer's weight: its increment can be handed to the model in factored form.
+/// A linear layer's weight: its increment is handed to the model as an [`Increment`].
 fn is_linear_weight(name: &str, shape: &[usize]) -> bool {
     shape.len() == 2 && !name.starts_with("embeddings.") && name.ends_with(".weight")
 }
@@ -65,7 +67,7 @@ struct SparseTarget {
     /// Flat indices into W, sorted.
     indices: Tensor,
     /// For a linear weight: the (row, column) of each index, handed to the model.
-    rows_cols: Option<(Tensor, Tensor)>,
+    rows_cols: Option<(Arc<[u32]>, Arc<[u32]>)>,
     values: Var,
 }
 
@@ -130,9 +132,9 @@ impl FineTuning {
             let device = weight.device();
             let rows_cols = if is_linear_weight(name, weight.dims()) {
                 let cols_n = weight.dim(1)? as u32;
-                let rows: Vec<u32> = indices.iter().map(|i| i / cols_n).collect();
-                let cols: Vec<u32> = indices.iter().map(|i| i % cols_n).collect();
-                Some((Tensor::new(rows, device)?, Tensor::new(cols, device)?))
+                let rows: Arc<[u32]> = indices.iter().map(|i| i / cols_n).collect();
+                let cols: Arc<[u32]> = indices.iter().map(|i| i % cols_n).collect();
+                Some((rows, cols))
             } else {
                 None
             };
@@ -192,23 +194,24 @@ impl FineTuning {
         Ok(method)
     }
 
-    /// The weight map to build the model from: θ1 with this method's trainable parts in place.
-    /// Tensors refer to the live `Var`s, so a model built from it trains them.
-    pub fn effective_weights(&self) -> Result<WeightMap> {
+    /// What to build the model from: θ1 with this method's dense and non-linear sparse targets
+    /// in place, and the increments of its linear targets. Tensors refer to the live `Var`s, so
+    /// a model built from it trains them.
+    pub fn effective_weights(&self) -> Result<EffectiveWeights> {
         let mut weights = self.base.clone();
+        let mut increments = BTreeMap::new();
         for (name, var) in &self.dense {
             weights.insert(name.clone(), var.as_tensor().clone());
         }
         for target in &self.sparse {
             let base = &self.base[&target.name];
             if let Some((rows, cols)) = &target.rows_cols {
-                let prefix = target.name.trim_end_matches(".weight");
-                weights.insert(format!("{prefix}.{}", increment::DELTA_ROWS), rows.clone());
-                weights.insert(format!("{prefix}.{}", increment::DELTA_COLS), cols.clone());
-                weights.insert(
-                    format!("{prefix}.{}", increment::DELTA_VALUES),
-                    target.values.as_tensor().clone(),
-                );
+                let increment = Increment::Sparse {
+                    rows: rows.clone(),
+                    cols: cols.clone(),
+                    values: target.values.as_tensor().clone(),
+                };
+                increments.insert(target.name.clone(), increment);
             } else {
                 let delta = Tensor::zeros(base.elem_count(), base.dtype(), base.device())?
                     .index_add(&target.indices, target.values.as_tensor(), 0)?;
@@ -216,21 +219,17 @@ impl FineTuning {
             }
         }
         for target in &self.lora {
-            let prefix = target.name.trim_end_matches(".weight");
-            weights.insert(
-                format!("{prefix}.{}", increment::LORA_A),
-                target.a.as_tensor().clone(),
-            );
-            weights.insert(
-                format!("{prefix}.{}", increment::LORA_B),
-                target.b.as_tensor().clone(),
-            );
-            weights.insert(
-                format!("{prefix}.{}", increment::LORA_SCALE),
-                Tensor::new(target.scale, &Device::Cpu)?,
-            );
+            let increment = Increment::LowRank {
+                a: target.a.as_tensor().clone(),
+                b: target.b.as_tensor().clone(),
+                scale: target.scale,
+            };
+            increments.insert(target.name.clone(), increment);
         }
-        Ok(weights)
+        Ok(EffectiveWeights {
+            weights,
+            increments,
+        })
     }
 
     /// What the optimizer updates, with each tensor's weight-decay rule.

@@ -10,35 +10,6 @@ use sift_lab::data::{BatchOrder, Split, Task};
 use sift_lab::eval;
 use sift_lab::model::{self, Mode, WeightMap};
 
-/// A real RTE batch (pairs, so both token types occur).
-fn rte_batch(pretrained: &model::Pretrained, n: usize, max_len: usize) -> sift_lab::data::Batch {
-    let data = common::dataset(pretrained, Task::Rte, Split::Train, max_len, n);
-    let batch = data
-        .batches(n, BatchOrder::Sequential, &Device::Cpu)
-        .next()
-        .unwrap()
-        .unwrap();
-    batch
-}
-
-fn loss_of(
-    pretrained: &model::Pretrained,
-    weights: &WeightMap,
-    batch: &sift_lab::data::Batch,
-    mode: Mode,
-) -> Tensor {
-    let classifier = pretrained.build(weights).unwrap();
-    let logits = classifier
-        .forward(
-            &batch.input_ids,
-            &batch.token_type_ids,
-            &batch.attention_mask,
-            mode,
-        )
-        .unwrap();
-    model::mean_loss(&logits, &batch.labels).unwrap()
-}
-
 fn as_vars(weights: &WeightMap, dtype: DType) -> (HashMap<String, Var>, WeightMap) {
     let vars: HashMap<String, Var> = weights
         .iter()
@@ -59,9 +30,9 @@ fn as_vars(weights: &WeightMap, dtype: DType) -> (HashMap<String, Var>, WeightMa
 #[test]
 fn every_tensor_receives_a_gradient_on_the_training_path() {
     let pretrained = common::pretrained(2);
-    let batch = rte_batch(&pretrained, 4, 64);
+    let batch = common::rte_batch(&pretrained, 4, 64);
     let (vars, weights) = as_vars(&pretrained.weights, DType::F32);
-    let grads = loss_of(&pretrained, &weights, &batch, Mode::Training)
+    let grads = common::loss_of(&pretrained, &weights, &batch, Mode::Training)
         .backward()
         .unwrap();
     let mut missing = vec![];
@@ -97,9 +68,9 @@ fn inference_kernels_give_no_gradient_which_is_why_training_mode_exists() {
     // Documents the candle behaviour the training path works around: the fused layer norm
     // records no backward, so the embeddings get no gradient through it.
     let pretrained = common::pretrained(2);
-    let batch = rte_batch(&pretrained, 2, 32);
+    let batch = common::rte_batch(&pretrained, 2, 32);
     let (vars, weights) = as_vars(&pretrained.weights, DType::F32);
-    let grads = loss_of(&pretrained, &weights, &batch, Mode::Inference)
+    let grads = common::loss_of(&pretrained, &weights, &batch, Mode::Inference)
         .backward()
         .unwrap();
     let word = vars["embeddings.word_embeddings.weight"].as_tensor();
@@ -113,14 +84,14 @@ fn inference_kernels_give_no_gradient_which_is_why_training_mode_exists() {
 #[test]
 fn analytic_gradients_match_central_finite_differences() {
     let pretrained = common::pretrained(2);
-    let batch = rte_batch(&pretrained, 2, 24);
+    let batch = common::rte_batch(&pretrained, 2, 24);
     let f64_weights: WeightMap = pretrained
         .weights
         .iter()
         .map(|(n, t)| (n.clone(), t.to_dtype(DType::F64).unwrap()))
         .collect();
     let (vars, weights) = as_vars(&f64_weights, DType::F64);
-    let grads = loss_of(&pretrained, &weights, &batch, Mode::Training)
+    let grads = common::loss_of(&pretrained, &weights, &batch, Mode::Training)
         .backward()
         .unwrap();
 
@@ -173,7 +144,7 @@ fn analytic_gradients_match_central_finite_differences() {
                 name.to_string(),
                 Tensor::from_vec(values, original.shape(), &Device::Cpu).unwrap(),
             );
-            loss_of(&pretrained, &moved, &batch, Mode::Training)
+            common::loss_of(&pretrained, &moved, &batch, Mode::Training)
                 .to_scalar::<f64>()
                 .unwrap()
         };

@@ -10,32 +10,17 @@ use candle_core::{DType, Device, Tensor, Var};
 use sift_lab::budget::{self, Selection};
 use sift_lab::data::{BatchOrder, Split, Task};
 use sift_lab::methods::{FineTuning, MethodKind};
-use sift_lab::model::{self, Mode, WeightMap};
+use sift_lab::model::{self, Mode};
 use sift_lab::optim::{AdamW, AdamWConfig};
 use sift_lab::select;
 
-fn batch(pretrained: &model::Pretrained, n: usize, max_len: usize) -> sift_lab::data::Batch {
-    let data = common::dataset(pretrained, Task::Rte, Split::Train, max_len, n);
-    let batch = data
-        .batches(n, BatchOrder::Sequential, &Device::Cpu)
-        .next()
-        .unwrap()
-        .unwrap();
-    batch
-}
-
-fn loss(pretrained: &model::Pretrained, weights: &WeightMap, b: &sift_lab::data::Batch) -> Tensor {
-    let logits = pretrained
-        .build(weights)
-        .unwrap()
-        .forward(
-            &b.input_ids,
-            &b.token_type_ids,
-            &b.attention_mask,
-            Mode::Training,
-        )
-        .unwrap();
-    model::mean_loss(&logits, &b.labels).unwrap()
+/// The batch's mean loss through the candle-graph forward, in training mode.
+fn loss(
+    pretrained: &model::Pretrained,
+    weights: &impl model::ClassifierWeights,
+    b: &sift_lab::data::Batch,
+) -> Tensor {
+    common::loss_of(pretrained, weights, b, Mode::Training)
 }
 
 fn head(pretrained: &model::Pretrained) -> Vec<String> {
@@ -54,7 +39,7 @@ fn shapes(pretrained: &model::Pretrained, names: &[String]) -> Vec<(String, Vec<
 #[test]
 fn delta_gradient_equals_the_dense_gradient_at_the_selected_entries() {
     let pretrained = common::pretrained(2);
-    let b = batch(&pretrained, 4, 48);
+    let b = common::rte_batch(&pretrained, 4, 48);
     let targets = select::target_names("attention", &pretrained.config).unwrap();
     assert_eq!(targets.len(), 6 * 8);
     let selected = budget::select_random(&shapes(&pretrained, &targets), 0.01, 3);
@@ -124,7 +109,7 @@ fn delta_gradient_equals_the_dense_gradient_at_the_selected_entries() {
 #[test]
 fn an_update_takes_effect_on_the_next_forward_and_merges_exactly() {
     let pretrained = common::pretrained(2);
-    let b = batch(&pretrained, 4, 48);
+    let b = common::rte_batch(&pretrained, 4, 48);
     let targets = select::target_names("q,k,v,o", &pretrained.config).unwrap();
     let selected = budget::select_random(&shapes(&pretrained, &targets), 0.01, 5);
     let method = FineTuning::sparse(
@@ -515,7 +500,7 @@ fn hand_written_pass_equals_candle_autograd_for_every_method() {
             .iter()
             .map(|(n, t)| (n.clone(), t.to_dtype(DType::F64).unwrap()))
             .collect();
-        let mut b = batch(&pretrained, 3, 40);
+        let mut b = common::rte_batch(&pretrained, 3, 40);
         if num_labels == 1 {
             b.labels = Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap();
         }
@@ -564,10 +549,7 @@ fn hand_written_pass_equals_candle_autograd_for_every_method() {
             // Non-zero increments, so that Δ and B·A take part in the forward pass too.
             for (i, p) in method.params().unwrap().iter().enumerate() {
                 if p.name.ends_with(".delta") || p.name.ends_with(".lora_B") {
-                    let noise = Tensor::randn(0.0, 0.02, p.var.shape(), &Device::Cpu)
-                        .unwrap()
-                        .to_dtype(DType::F64)
-                        .unwrap();
+                    let noise = common::seeded_normal(p.var.shape(), 0.02, i as u64);
                     p.var.set(&noise).unwrap_or_else(|e| panic!("{i}: {e}"));
                 }
             }

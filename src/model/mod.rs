@@ -1,13 +1,19 @@
-//! Models: configuration, the weight map, θ0, and the BERT-family classifier.
+//! Models: configuration, the weight map, θ0, a method's increments, and the architectures.
+//!
+//! - `config.rs`: `config.json`; `weights.rs`: the weight map (names, shapes, loading, export);
+//!   `init.rs`: θ0; `increment.rs`: what a fine-tuning method adds to linear weights;
+//! - `layers.rs`: the building blocks the architectures share (linear layer, layer norm);
+//! - one file per architecture: `bert.rs` (BERT, MiniLM, RoBERTa encoders with their
+//!   classification head).
+//!
+//! An architecture's hand-written training pass lives beside the others in `crate::backprop`
+//! (`backprop/bert.rs` for `model/bert.rs`), its CPU kernels in `crate::kernels`.
 
-pub mod attention;
-pub mod backprop;
 pub mod bert;
 pub mod config;
-pub mod fast_math;
-pub mod fused;
+pub mod increment;
 pub mod init;
-pub mod ops;
+pub mod layers;
 pub mod weights;
 
 use std::collections::BTreeSet;
@@ -17,9 +23,11 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use candle_nn::VarBuilder;
 
-pub use backprop::{logits, loss_and_gradients};
-pub use bert::{mean_loss, per_example_loss, Mode, SequenceClassifier};
+pub use crate::backprop::{logits, loss_and_gradients};
+pub use bert::{mean_loss, per_example_loss, SequenceClassifier};
 pub use config::{EncoderConfig, Family};
+pub use increment::{ClassifierWeights, EffectiveWeights, Increment, Increments};
+pub use layers::{Linear, Mode};
 pub use weights::WeightMap;
 
 use crate::hub::{self, ModelFiles};
@@ -123,25 +131,44 @@ impl Pretrained {
             .unwrap_or(Device::Cpu)
     }
 
-    /// Builds the classifier over `weights` (θ1, θ0 or any effective weights).
-    pub fn build(&self, weights: &WeightMap) -> Result<SequenceClassifier> {
-        build_classifier(&self.config, self.num_labels, weights)
+    /// Builds the classifier over `weights`: a weight map (θ1, θ0, merged weights) or a
+    /// method's [`EffectiveWeights`] (weights and increments).
+    pub fn build(&self, weights: &impl ClassifierWeights) -> Result<SequenceClassifier> {
+        build_classifier(
+            &self.config,
+            self.num_labels,
+            weights.weights(),
+            weights.increments(),
+        )
     }
 }
 
-/// Builds a classifier over a weight map. The tensors are used as they are (no copy), so a
-/// map of `Var`s or of tensors derived from them keeps the autograd graph.
+/// Builds a classifier over a weight map, its linear layers adding the increments keyed by
+/// their weights' names. The tensors are used as they are (no copy), so `Var`s or tensors
+/// derived from them keep the autograd graph.
 pub fn build_classifier(
     config: &EncoderConfig,
     num_labels: usize,
     weights: &WeightMap,
+    increments: &Increments,
 ) -> Result<SequenceClassifier> {
-    // The map also holds integer tensors (sparse-increment indices): take the float type
-    // from the embeddings, which every architecture has.
+    // The float type and device of the embeddings, which every architecture has.
     let reference = weights
         .get("embeddings.word_embeddings.weight")
         .context("the weights have no embeddings.word_embeddings.weight")?;
     let (dtype, device) = (reference.dtype(), reference.device().clone());
     let vb = VarBuilder::from_tensors(weights.clone(), dtype, &device);
-    Ok(SequenceClassifier::new(vb, config, num_labels)?)
+    let classifier = SequenceClassifier::new(vb, increments, config, num_labels)?;
+    let applied = classifier
+        .linears()
+        .iter()
+        .filter(|l| l.increment.is_some())
+        .count();
+    if applied != increments.len() {
+        anyhow::bail!(
+            "{} increments, but only {applied} are on linear weights of the model",
+            increments.len()
+        );
+    }
+    Ok(classifier)
 }

@@ -160,3 +160,46 @@ pub fn svg_texts(svg: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The first `n` RTE training examples (pairs, so both token types occur) as one batch.
+pub fn rte_batch(pretrained: &Pretrained, n: usize, max_len: usize) -> sift_lab::data::Batch {
+    dataset(pretrained, Task::Rte, Split::Train, max_len, n)
+        .batches(n, sift_lab::data::BatchOrder::Sequential, &Device::Cpu)
+        .next()
+        .unwrap()
+        .unwrap()
+}
+
+/// The batch's mean loss through the candle-graph forward (what candle's autograd
+/// differentiates) of the classifier over `weights` (a weight map or a method's effective
+/// weights).
+pub fn loss_of(
+    pretrained: &Pretrained,
+    weights: &impl model::ClassifierWeights,
+    batch: &sift_lab::data::Batch,
+    mode: model::Mode,
+) -> candle_core::Tensor {
+    let logits = pretrained
+        .build(weights)
+        .unwrap()
+        .forward(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            &batch.attention_mask,
+            mode,
+        )
+        .unwrap();
+    model::mean_loss(&logits, &batch.labels).unwrap()
+}
+
+/// `shape` draws of N(0, std²) from a ChaCha8 stream seeded with `seed`, as an f64 tensor.
+pub fn seeded_normal(shape: &candle_core::Shape, std: f64, seed: u64) -> candle_core::Tensor {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0.0, std).unwrap();
+    let values: Vec<f64> = (0..shape.elem_count())
+        .map(|_| normal.sample(&mut rng))
+        .collect();
+    candle_core::Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}

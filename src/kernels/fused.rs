@@ -12,7 +12,7 @@ use super::fast_math::{self, vectorized};
 
 /// Float types the kernels run on. f32 (training and evaluation) uses the vectorisable
 /// approximations of `fast_math`; f64 (the finite-difference tests) uses libm's exact functions.
-pub(super) trait Float: WithDType + Send + Sync {
+pub(crate) trait Float: WithDType + Send + Sync {
     fn f(x: f64) -> Self;
     fn g(self) -> f64;
     fn exp(self) -> Self;
@@ -139,12 +139,12 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
     )
 }
 
-pub(super) struct LayerNorm {
-    pub(super) eps: f64,
+pub(crate) struct LayerNorm {
+    pub(crate) eps: f64,
 }
 
 impl LayerNorm {
-    pub(super) fn forward<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
+    pub(crate) fn forward<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
         let h = gamma.len();
         let mut y = vec![T::zero(); x.len()];
         y.par_chunks_mut(h * 16)
@@ -168,7 +168,7 @@ impl LayerNorm {
     /// (dx, and with `params` (dγ, dβ)). With x̂ = (x − mean)·rstd and d = δ·γ:
     /// dx = rstd · (d − mean(d) − x̂ · mean(d · x̂)); dγ = Σ_rows δ·x̂; dβ = Σ_rows δ.
     #[allow(clippy::type_complexity)]
-    pub(super) fn backward<T: Float>(
+    pub(crate) fn backward<T: Float>(
         &self,
         x: &[T],
         gamma: &[T],
@@ -365,7 +365,7 @@ fn normal_cdf<T: Float>(x: T) -> T {
     half * (T::one() + (x * T::f(std::f64::consts::FRAC_1_SQRT_2)).erf())
 }
 
-pub(super) fn gelu_rows<T: Float>(x: &[T]) -> Vec<T> {
+pub(crate) fn gelu_rows<T: Float>(x: &[T]) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
@@ -382,7 +382,7 @@ pub(super) fn gelu_rows<T: Float>(x: &[T]) -> Vec<T> {
     y
 }
 
-pub(super) fn gelu_grad<T: Float>(x: &[T], grad: &[T]) -> Vec<T> {
+pub(crate) fn gelu_grad<T: Float>(x: &[T], grad: &[T]) -> Vec<T> {
     let inv_sqrt_2pi = T::f(0.398_942_280_401_432_7);
     let minus_half = T::f(-0.5);
     let mut dx = vec![T::zero(); x.len()];

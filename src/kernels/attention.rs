@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::fast_math::vectorized;
 use super::fused::{lane_dot, slice, softmax_row, with_slice, Float};
-use super::ops::gemm_strided;
+use super::gemm::gemm_strided;
 
 /// softmax(q_h·k_hᵀ / √D + mask)·v_h for every head h, concatenated: (B·T, H·D) → (B·T, H·D).
 /// `mask` is (B, T): 0 at tokens, a large negative number at padding (a constant).
@@ -43,7 +43,7 @@ struct Attention {
 /// H·D), for each `(start, len)` in `sequences`, and attends to itself only, with no mask.
 /// This is [`attention`] with the padding rows removed: a padding key gets weight exactly 0
 /// there (exp(−1e30) underflows), and a padding query's row reaches no token's output.
-pub(super) fn forward_packed<T: Float>(
+pub(crate) fn forward_packed<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],
@@ -57,7 +57,7 @@ pub(super) fn forward_packed<T: Float>(
 
 /// The backward pass of [`forward_packed`]: (dq, dk, dv) from the output gradient.
 #[allow(clippy::type_complexity)]
-pub(super) fn backward_packed<T: Float>(
+pub(crate) fn backward_packed<T: Float>(
     (q, k, v): (&[T], &[T], &[T]),
     grad: &[T],
     sequences: &[(usize, usize)],

@@ -1,4 +1,5 @@
-//! Tensor ops with a backward pass tailored to sparse fine-tuning.
+//! Linear layers: `x·Wᵀ + b` and `x·(W + Δ)ᵀ + b` (sparse Δ) as candle ops with a backward pass
+//! tailored to sparse fine-tuning, and the slice kernels the training pass shares with them.
 //!
 //! candle's generic backward computes the gradient of every input of an op, including inputs
 //! that are constants: for `x · Wᵀ` with a frozen W it still forms the dense `dW = δᵀx`, as
@@ -7,6 +8,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::fused::{slice, with_slice};
+use super::gemm::gemm_strided;
 
 /// `x · wᵀ + b` (x 2-D (rows, in), w (out, in), b (out)) as one GEMM that accumulates onto the
 /// bias rows, so the bias add costs no extra pass. The backward pass computes only what a
@@ -19,57 +21,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 struct LinearOp;
 
-/// `dst = keep · dst + lhs · rhs` (keep is 0 or 1) with explicit element strides (column
-/// stride, row stride); `parallel`: on candle's thread count, else on the calling thread.
-///
-/// # Safety
-/// The pointers must cover the (m × k), (k × n) and (m × n) matrices the strides describe.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn gemm_strided<T: candle_core::WithDType>(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut T,
-    (dst_cs, dst_rs): (isize, isize),
-    keep: bool,
-    lhs: *const T,
-    (lhs_cs, lhs_rs): (isize, isize),
-    rhs: *const T,
-    (rhs_cs, rhs_rs): (isize, isize),
-    parallel: bool,
-) {
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if parallel && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    let alpha = if keep { T::one() } else { T::zero() };
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs,
-            dst_rs,
-            keep,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            alpha,
-            T::one(),
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
-
 /// `x · wᵀ + b` on slices: x (rows × in), w (out × in), b (out), all row-major.
-pub(super) fn dense_forward<T: candle_core::WithDType>(x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+pub(crate) fn dense_forward<T: candle_core::WithDType>(x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let (n, k) = (b.len(), w.len() / b.len());
     let m = x.len() / k;
     let mut y: Vec<T> = Vec::with_capacity(m * n);
@@ -94,7 +47,7 @@ pub(super) fn dense_forward<T: candle_core::WithDType>(x: &[T], w: &[T], b: &[T]
 }
 
 /// `y[n, rows[s]] += values[s] · x[n, cols[s]]` for every row n: a sparse Δ's share of y = x·Δᵀ.
-pub(super) fn sparse_forward_add<T: candle_core::WithDType>(
+fn sparse_forward_add<T: candle_core::WithDType>(
     y: &mut [T],
     x: &[T],
     (rows, cols, values): (&[u32], &[u32], &[T]),
@@ -111,7 +64,7 @@ pub(super) fn sparse_forward_add<T: candle_core::WithDType>(
 }
 
 /// `dx[n, cols[s]] += values[s] · δ[n, rows[s]]`: a sparse Δ's share of dx = δ·Δ.
-pub(super) fn sparse_dx_add<T: candle_core::WithDType>(
+fn sparse_dx_add<T: candle_core::WithDType>(
     dx: &mut [T],
     grad: &[T],
     (rows, cols, values): (&[u32], &[u32], &[T]),
@@ -129,7 +82,7 @@ pub(super) fn sparse_dx_add<T: candle_core::WithDType>(
 
 /// The sampled products `dv_s = Σ_n δ[n, rows[s]] · x[n, cols[s]]`: the entries of δᵀx at the
 /// selected positions, without forming δᵀx. Row blocks accumulate privately, then add up.
-pub(super) fn sampled_products<T: candle_core::WithDType>(
+pub(crate) fn sampled_products<T: candle_core::WithDType>(
     x: &[T],
     grad: &[T],
     (rows, cols): (&[u32], &[u32]),
@@ -230,7 +183,7 @@ impl CustomOp3 for LinearOp {
 
 /// Σ over rows of a row-major matrix with `n` columns: row blocks summed in parallel, each a
 /// run of vectorisable row additions (candle's `sum(0)` walks the matrix column-strided).
-pub(super) fn column_sums_of<T: candle_core::WithDType>(g: &[T], n: usize) -> Vec<T> {
+pub(crate) fn column_sums_of<T: candle_core::WithDType>(g: &[T], n: usize) -> Vec<T> {
     use rayon::prelude::*;
     g.par_chunks(n * 256)
         .map(|block| {
