@@ -8,6 +8,7 @@ pub mod data;
 pub mod eval;
 pub mod grad_stats;
 pub mod gradients;
+pub mod grid;
 pub mod hub;
 pub mod landscape;
 pub mod memory;
