@@ -17,7 +17,7 @@ use super::rows::{write_rows, Row};
 use super::RunOptions;
 use crate::{metrics, progress};
 
-/// What [`compute`] leaves.
+/// What [`compute()`] leaves.
 pub struct Computed {
     /// The rows found on disk followed by the new ones.
     pub rows: Vec<Row>,

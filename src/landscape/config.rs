@@ -186,12 +186,12 @@ impl Filter1d {
 }
 
 /// Everything that determines the numbers of a landscape (and nothing that does not: jobs,
-/// shard and output location are [`RunOptions`]). Stored as JSON in the Parquet metadata.
+/// shard and output location are [`super::RunOptions`]). Stored as JSON in the Parquet metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LandscapeConfig {
     pub task: String,
     pub model: String,
-    /// Hub snapshot of the model (None for a local directory); filled in by [`run`].
+    /// Hub snapshot of the model (None for a local directory); filled in by [`super::run`].
     pub model_revision: Option<String>,
     pub directions: Directions,
     pub from_checkpoint: Option<PathBuf>,

@@ -89,3 +89,32 @@ pub fn train_config(
         log_every: 10,
     }
 }
+
+/// The `sift-lab` binary of this build, offline (the model comes from the hub cache).
+pub fn sift_lab() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sift-lab"));
+    cmd.env("HF_HUB_OFFLINE", "1");
+    cmd
+}
+
+/// Runs `cmd`, asserts that it succeeded and returns its stdout.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `cmd`, asserts that it failed and returns its stderr.
+pub fn run_err(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "should have failed, printed {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
