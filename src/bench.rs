@@ -64,7 +64,8 @@ pub struct BenchReport {
     pub peak_rss_mib: Option<f64>,
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+/// The median of `xs` (the upper one of an even count); `xs` must not be empty.
+pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
 }

@@ -9,6 +9,7 @@ pub mod data;
 pub mod eval;
 pub mod grad_stats;
 pub mod gradients;
+pub mod grid;
 pub mod hub;
 pub mod kernels;
 pub mod landscape;

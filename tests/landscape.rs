@@ -9,35 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
+use common::{run_err, run_ok, sift_lab};
 use sift_lab::data::{Split, Task};
 use sift_lab::eval;
 use sift_lab::landscape::{self, Directions, Filter1d, LandscapeConfig, Range, Row};
-
-fn sift_lab() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sift-lab"));
-    cmd.env("HF_HUB_OFFLINE", "1");
-    cmd
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        !out.status.success(),
-        "should have failed, printed {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
+use sift_lab::plot::landscape::{color, z_range};
+use sift_lab::plot::svg;
 
 /// `sift-lab landscape` on RTE train with a small evaluation set, and the given extra flags.
 fn landscape(out: &Path, examples: usize, extra: &[&str]) -> Command {
@@ -246,6 +223,7 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
 }
 
 fn assert_close(got: &[f32], want: &[f32]) {
+    assert!(!want.is_empty());
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(want) {
         assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
@@ -320,6 +298,7 @@ fn surfaces_of_the_real_model_follow_the_definitions() {
     let d1 = (&step[name] - &at0[name]).unwrap();
     let norms = |t: &Tensor| to_vec(&t.sqr().unwrap().sum(1).unwrap().sqrt().unwrap());
     let (got, want) = (norms(&d1), norms(&pretrained.weights[name]));
+    assert_eq!((got.len(), want.len()), (384, 384));
     for (g, w) in got.iter().zip(&want) {
         assert!(
             (g - w).abs() < 1e-3 * w.max(1.0),
@@ -402,7 +381,7 @@ fn resume_after_a_killed_run_equals_a_clean_run() {
     );
     run_ok(&mut landscape(clean.path(), 32, &grid));
     let (resumed, whole) = (rows(&path), rows(&clean.path().join("landscape.parquet")));
-    assert_eq!(resumed.len(), 12);
+    assert_eq!((resumed.len(), whole.len()), (12, 12));
     assert_eq!(values(&resumed), values(&whole));
     // A second resume has nothing to do.
     let stdout = run_ok(&mut landscape(killed.path(), 32, &other));
@@ -410,6 +389,104 @@ fn resume_after_a_killed_run_equals_a_clean_run() {
         stdout.contains("0 computed now, 12 already there"),
         "{stdout}"
     );
+}
+
+/// Width and height of a PNG (its IHDR chunk).
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+const LOSS_BLUE: &str = "#1F77B4";
+
+/// The 1-D figure of a `paper` grid with `n` α values from 0 to 1: the loss polyline has one
+/// vertex per α, one dot per point, and θ0 / θ1 are labelled beside their lines at α = 0 (the
+/// first vertex) and α = 1 (the last).
+fn check_line_figure(text: &str, n: usize) {
+    let lines: Vec<svg::Element> = svg::elements(text, "polyline")
+        .into_iter()
+        .filter(|e| e.attr("stroke") == LOSS_BLUE && e.attr("stroke-width") == "3")
+        .collect();
+    assert_eq!(lines.len(), 1, "one loss curve");
+    let pts = lines[0].points();
+    assert_eq!(pts.len(), n, "{pts:?}");
+    assert!(pts.windows(2).all(|w| w[0].0 < w[1].0), "{pts:?}");
+    let dots = svg::elements(text, "circle")
+        .iter()
+        .filter(|e| e.attr("fill") == LOSS_BLUE)
+        .count();
+    assert_eq!(dots, n);
+    let label = |l: &str| {
+        let found: Vec<svg::Element> = svg::elements(text, "text")
+            .into_iter()
+            .filter(|e| e.text == l)
+            .collect();
+        assert_eq!(found.len(), 1, "{l}");
+        found[0].num("x")
+    };
+    assert_eq!(label("θ0 (random)"), pts[0].0 + 8.0);
+    assert_eq!(label("θ1 (pretrained)"), pts[n - 1].0 - 8.0);
+}
+
+/// The heatmap of a grid of `n` × `n` points: one cell per point, bottom row (lowest β) first,
+/// coloured by its loss; red dots at θ0 (α = 0, β = 0) and θ1 (α = 1, β = 0).
+fn check_heatmap(text: &str, rows: &[Row], n: usize) {
+    let mut cells: Vec<svg::Element> = svg::elements(text, "rect")
+        .into_iter()
+        .filter(|e| e.attr("fill") != "#FFFFFF" && e.attr("fill") != "none")
+        .filter(|e| e.num("x") + e.num("width") <= 950.0) // left of the colour bar
+        .collect();
+    assert_eq!(cells.len(), n * n);
+    cells.sort_by(|a, b| {
+        b.num("y")
+            .total_cmp(&a.num("y"))
+            .then(a.num("x").total_cmp(&b.num("x")))
+    });
+    let z: Vec<Vec<f64>> = (0..n)
+        .map(|j| {
+            (0..n)
+                .map(|i| {
+                    let r = rows
+                        .iter()
+                        .find(|r| r.alpha_index == i && r.beta_index == j);
+                    r.unwrap().loss
+                })
+                .collect()
+        })
+        .collect();
+    let (lo, hi) = z_range(&z);
+    for (k, cell) in cells.iter().enumerate() {
+        let c = color(z[k / n][k % n], lo, hi);
+        let want = format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2);
+        assert_eq!(cell.attr("fill"), want, "cell {k}");
+    }
+    let centre = |e: &svg::Element| {
+        (
+            e.num("x") + e.num("width") / 2.0,
+            e.num("y") + e.num("height") / 2.0,
+        )
+    };
+    let dots: Vec<(f64, f64)> = svg::elements(text, "circle")
+        .iter()
+        .filter(|e| e.attr("fill") == "#FF0000")
+        .map(|e| (e.num("cx"), e.num("cy")))
+        .collect();
+    // β = 0 is the middle row; α = 0 its first cell, α = 1 its last.
+    let middle = n / 2;
+    for (want, got) in [
+        centre(&cells[middle * n]),
+        centre(&cells[middle * n + n - 1]),
+    ]
+    .iter()
+    .zip(&dots)
+    {
+        assert!(
+            (want.0 - got.0).abs() <= 1.0 && (want.1 - got.1).abs() <= 1.0,
+            "{want:?} vs {got:?}"
+        );
+    }
+    assert_eq!(dots.len(), 2);
 }
 
 #[test]
@@ -449,31 +526,55 @@ fn shards_merged_equal_the_whole_grid_and_draw_the_figures() {
             .unwrap();
     assert_eq!(summary["neighbourhoods"].as_array().unwrap().len(), 2);
     assert_eq!(summary["points"], 9);
+    assert_eq!(merged.len(), 9);
     assert_eq!(
         values(&merged),
         values(&rows(&whole.path().join("landscape.parquet")))
     );
 
-    // Figures: PNG and SVG of the 1-D line (β = 0), the heatmap and the surface.
-    for dir in [whole.path(), shards.path()] {
-        for stem in [
-            "landscape_1d",
-            "landscape_2d_heatmap",
-            "landscape_2d_surface",
-        ] {
-            for ext in ["png", "svg"] {
-                let f = dir.join(format!("{stem}.{ext}"));
-                assert!(
-                    std::fs::metadata(&f)
-                        .map(|m| m.len() > 1000)
-                        .unwrap_or(false),
-                    "{} missing",
-                    f.display()
-                );
-            }
+    // Figures: PNG and SVG of the 1-D line (β = 0), the heatmap and the surface, drawn from the
+    // same rows: the merged grid's files are the whole grid's, byte for byte.
+    let whole_rows = rows(&whole.path().join("landscape.parquet"));
+    for (stem, size) in [
+        ("landscape_1d", (1100, 680)),
+        ("landscape_2d_heatmap", (1100, 760)),
+        ("landscape_2d_surface", (1100, 820)),
+    ] {
+        let read =
+            |dir: &Path, ext: &str| std::fs::read(dir.join(format!("{stem}.{ext}"))).unwrap();
+        assert_eq!(png_size(&read(whole.path(), "png")), size, "{stem}.png");
+        for ext in ["png", "svg"] {
+            assert!(
+                read(whole.path(), ext) == read(shards.path(), ext),
+                "{stem}.{ext} differs between the whole and the merged grid"
+            );
         }
     }
-    // --plot-only redraws from the Parquet file into --figures-dir.
+    let svg_of =
+        |dir: &Path, stem: &str| std::fs::read_to_string(dir.join(format!("{stem}.svg"))).unwrap();
+    check_line_figure(&svg_of(whole.path(), "landscape_1d"), 3);
+    check_heatmap(
+        &svg_of(whole.path(), "landscape_2d_heatmap"),
+        &whole_rows,
+        3,
+    );
+    // The surface: (3 − 1) × (3 − 1) coloured quads, θ0 and θ1 labelled.
+    let surface = svg_of(whole.path(), "landscape_2d_surface");
+    let quads = svg::elements(&surface, "polygon")
+        .into_iter()
+        .filter(|e| e.attr("opacity") == "1")
+        .count();
+    assert_eq!(quads, 4);
+    for label in ["θ0 (random)", "θ1 (pretrained)"] {
+        assert!(
+            svg::elements(&surface, "text")
+                .iter()
+                .any(|e| e.text == label),
+            "{label}"
+        );
+    }
+
+    // --plot-only redraws from the Parquet file into --figures-dir: the same figures.
     let figures = whole.path().join("figs");
     run_ok(
         sift_lab()
@@ -482,9 +583,14 @@ fn shards_merged_equal_the_whole_grid_and_draw_the_figures() {
             .arg("--figures-dir")
             .arg(&figures),
     );
-    assert!(figures.join("landscape_2d_heatmap.svg").is_file());
-    let svg = std::fs::read_to_string(figures.join("landscape_1d.svg")).unwrap();
-    assert!(svg.contains("θ0") && svg.contains("θ1") && svg.contains("RTE"));
+    for stem in [
+        "landscape_1d",
+        "landscape_2d_heatmap",
+        "landscape_2d_surface",
+    ] {
+        assert_eq!(svg_of(&figures, stem), svg_of(whole.path(), stem), "{stem}");
+    }
+    assert!(svg_of(&figures, "landscape_1d").contains("RTE"));
 }
 
 #[test]
@@ -539,9 +645,10 @@ fn bad_input_is_refused_with_a_reason() {
             "encoder.layer.*.attn.*",
         ],
     ));
+    // The error lists the tensors it can select, layers folded as {L} (select::select_tensors).
     assert!(
         err.contains("encoder.layer.*.attn.*")
-            && err.contains("encoder.layer.*.attention.self.query.weight")
+            && err.contains("encoder.layer.{L}.attention.self.query.weight")
             && err.contains("embeddings.word_embeddings.weight"),
         "{err}"
     );
@@ -620,6 +727,7 @@ fn checkpoint_directions_interpolate_between_two_checkpoints() {
         &["--dims", "1", "--alpha", "0:1:2", "--no-plot"],
     ));
     let paper = rows(&paper.path().join("landscape.parquet"));
+    assert_eq!((ckpt.len(), paper.len()), (2, 2));
     for (c, p) in values(&ckpt).iter().zip(values(&paper)) {
         assert!((c.loss - p.loss).abs() < 1e-6, "{c:?} vs {p:?}");
     }

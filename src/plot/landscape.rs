@@ -1,16 +1,16 @@
 //! Figures of `sift-lab landscape` (paper Fig. 2): the 1-D loss (and task metric) curve with
-//! θ0 and θ1 marked, the 2-D heatmap with contour lines (marching squares, [`contour_segments`])
-//! and the 2-D loss surface in 3-D.
+//! θ0 and θ1 marked ([`LineFigure1d`]), the 2-D heatmap with contour lines ([`HeatmapFigure`],
+//! marching squares in [`contour_segments`]) and the 2-D loss surface in 3-D ([`SurfaceFigure`]).
+//!
+//! The structs hold plain numbers and texts; `landscape::figures` fills them from a grid's rows
+//! and decides where θ0 and θ1 are marked, so nothing here knows about the analysis.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{drawing_err, Figure, FONT};
-use crate::landscape::{Directions, LandscapeConfig, Row};
 
 // ---------------------------------------------------------------------------------------------
 // Marching squares
@@ -107,96 +107,6 @@ pub struct Texts {
     pub metric_label: String,
 }
 
-fn checkpoint_name(p: &Option<PathBuf>) -> String {
-    p.as_ref()
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "?".into())
-}
-
-pub fn texts(config: &LandscapeConfig, n_examples: usize, two_d: bool) -> Texts {
-    let task = config.task.to_uppercase();
-    let what = if two_d {
-        "2-D loss surface"
-    } else {
-        "1-D loss landscape"
-    };
-    let plane = match (config.directions, two_d) {
-        (Directions::Paper, false) => {
-            "θ(α) = θ0 + α·(θ1 − θ0); θ0 = random init, θ1 = pretrained".to_string()
-        }
-        (Directions::Paper, true) => {
-            "θ(α, β) = θ0 + α·δ1 + β·δ2; δ1 = θ1 − θ0, δ2 = d ⊙ δ1, d ~ N(0, 1)".to_string()
-        }
-        (Directions::FilterNormalized, false) => {
-            "θ(α) = θ1 + α·d1; d1 Gaussian, filter-normalised to θ1 (Li et al. 2018)".to_string()
-        }
-        (Directions::FilterNormalized, true) => {
-            "θ(α, β) = θ1 + α·d1 + β·d2; d1, d2 Gaussian, filter-normalised to θ1".to_string()
-        }
-        (Directions::Checkpoints, false) => format!(
-            "θ(α) = A + α·(B − A); A = {}, B = {}",
-            checkpoint_name(&config.from_checkpoint),
-            checkpoint_name(&config.to_checkpoint)
-        ),
-        (Directions::Checkpoints, true) => format!(
-            "θ(α, β) = A + α·δ1 + β·d ⊙ δ1; δ1 = B − A; A = {}, B = {}",
-            checkpoint_name(&config.from_checkpoint),
-            checkpoint_name(&config.to_checkpoint)
-        ),
-    };
-    let moving = match &config.tensors {
-        Some(p) => format!("; moving {p}"),
-        None => String::new(),
-    };
-    let head = match &config.head_from {
-        Some(dir) => format!("; trained head from {}", dir.display()),
-        None => String::new(),
-    };
-    let alpha_label = match config.directions {
-        Directions::Paper => "α   (α = 0: θ0 random init,  α = 1: θ1 pretrained)",
-        Directions::FilterNormalized => "α   (step along d1; α = 0: θ1 pretrained)",
-        Directions::Checkpoints => "α   (α = 0: checkpoint A,  α = 1: checkpoint B)",
-    };
-    let beta_label = match config.directions {
-        Directions::FilterNormalized => "β   (step along d2)",
-        _ => "β   (step along δ2)",
-    };
-    let loss_label = if config.task.starts_with("stsb") || config.task == "sts-b" {
-        "mean squared error"
-    } else {
-        "mean cross-entropy loss"
-    };
-    let metric_label = config
-        .task()
-        .map(crate::metrics::primary_metric)
-        .unwrap_or("metric");
-    Texts {
-        title: format!("{what}: {} on {task}", config.model_short()),
-        subtitle: format!(
-            "{plane}{moving}{head}; {n_examples} {} examples (max {} tokens), seed {}",
-            config.split, config.max_len, config.seed
-        ),
-        alpha_label: alpha_label.to_string(),
-        beta_label: beta_label.to_string(),
-        loss_label: loss_label.to_string(),
-        metric_label: format!("{metric_label} (orange, dashed)"),
-    }
-}
-
-pub fn markers(config: &LandscapeConfig) -> Vec<Marker> {
-    let m = |alpha: f64, label: &str| Marker {
-        alpha,
-        beta: 0.0,
-        label: label.to_string(),
-    };
-    match config.directions {
-        Directions::Paper => vec![m(0.0, "θ0 (random)"), m(1.0, "θ1 (pretrained)")],
-        Directions::FilterNormalized => vec![m(0.0, "θ1 (pretrained)")],
-        Directions::Checkpoints => vec![m(0.0, "A"), m(1.0, "B")],
-    }
-}
-
 /// The range of finite values, widened by `pad` of its span (or ±0.5 when flat).
 fn padded_range(values: impl Iterator<Item = f64>, pad: f64) -> (f64, f64) {
     let (lo, hi) = values
@@ -215,15 +125,15 @@ fn padded_range(values: impl Iterator<Item = f64>, pad: f64) -> (f64, f64) {
     (lo - p, hi + p)
 }
 
-fn color(v: f64, lo: f64, hi: f64) -> RGBColor {
+pub fn color(v: f64, lo: f64, hi: f64) -> RGBColor {
     if !v.is_finite() {
         return RGBColor(200, 200, 200);
     }
     ViridisRGB::get_color_normalized(v.clamp(lo, hi), lo, hi)
 }
 
-const LOSS_COLOR: RGBColor = RGBColor(31, 119, 180);
-const METRIC_COLOR: RGBColor = RGBColor(210, 100, 0);
+pub const LOSS_COLOR: RGBColor = RGBColor(31, 119, 180);
+pub const METRIC_COLOR: RGBColor = RGBColor(210, 100, 0);
 
 /// An axis title in `color`.
 fn desc(color: &'static RGBColor) -> TextStyle<'static> {
@@ -263,7 +173,7 @@ fn fmt_value(v: f64) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// Loss (left axis) and the task metric (right axis) against α, with θ0 / θ1 marked.
-pub struct Line1d {
+pub struct LineFigure1d {
     pub texts: Texts,
     pub alphas: Vec<f64>,
     pub loss: Vec<f64>,
@@ -273,7 +183,7 @@ pub struct Line1d {
     pub reference: Option<(f64, String)>,
 }
 
-impl Figure for Line1d {
+impl Figure for LineFigure1d {
     fn size(&self) -> (u32, u32) {
         (1100, 680)
     }
@@ -423,7 +333,7 @@ impl Figure for Line1d {
 // ---------------------------------------------------------------------------------------------
 
 /// The loss over the (α, β) plane as a heatmap with contour lines and a colour bar.
-pub struct Heatmap2d {
+pub struct HeatmapFigure {
     pub texts: Texts,
     pub alphas: Vec<f64>,
     pub betas: Vec<f64>,
@@ -448,7 +358,7 @@ fn cell_edges(values: &[f64]) -> Vec<f64> {
     edges
 }
 
-fn z_range(z: &[Vec<f64>]) -> (f64, f64) {
+pub fn z_range(z: &[Vec<f64>]) -> (f64, f64) {
     let (lo, hi) = z
         .iter()
         .flatten()
@@ -465,7 +375,7 @@ fn z_range(z: &[Vec<f64>]) -> (f64, f64) {
     }
 }
 
-impl Figure for Heatmap2d {
+impl Figure for HeatmapFigure {
     fn size(&self) -> (u32, u32) {
         (1100, 760)
     }
@@ -582,7 +492,7 @@ impl Figure for Heatmap2d {
 type Quad = (f64, Vec<(f64, f64, f64)>, f64);
 
 /// The loss surface over (α, β) in 3-D, coloured like the heatmap.
-pub struct Surface3d {
+pub struct SurfaceFigure {
     pub texts: Texts,
     pub alphas: Vec<f64>,
     pub betas: Vec<f64>,
@@ -590,7 +500,7 @@ pub struct Surface3d {
     pub markers: Vec<Marker>,
 }
 
-impl Figure for Surface3d {
+impl Figure for SurfaceFigure {
     fn size(&self) -> (u32, u32) {
         (1100, 820)
     }
@@ -696,90 +606,6 @@ impl Figure for Surface3d {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// All figures of a landscape
-// ---------------------------------------------------------------------------------------------
-
-/// ln(classes), the cross-entropy of a uniform prediction, for classification tasks.
-fn chance_loss(config: &LandscapeConfig) -> Option<(f64, String)> {
-    let classes = config.task().ok()?.num_labels();
-    (classes > 1).then(|| {
-        (
-            (classes as f64).ln(),
-            format!("ln {classes} = uniform prediction"),
-        )
-    })
-}
-
-/// The loss grid `z[j][i]` (NaN where a point is missing).
-fn grid(config: &LandscapeConfig, rows: &[Row], f: impl Fn(&Row) -> f64) -> Vec<Vec<f64>> {
-    let (na, nb) = (config.alpha.count, config.betas().len());
-    let mut z = vec![vec![f64::NAN; na]; nb];
-    for r in rows {
-        if r.alpha_index < na && r.beta_index < nb {
-            z[r.beta_index][r.alpha_index] = f(r);
-        }
-    }
-    z
-}
-
-/// Writes every figure of a complete landscape into `dir`: `landscape_1d` (for a 2-D grid, its
-/// β = 0 line when the grid has one), and for 2-D `landscape_2d_heatmap` and
-/// `landscape_2d_surface`; PNG and SVG each.
-pub fn draw_all(config: &LandscapeConfig, rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
-    ensure!(!rows.is_empty(), "no rows to plot");
-    let n_examples = rows[0].n_examples;
-    let alphas = config.alphas();
-    let betas = config.betas();
-    let loss = grid(config, rows, |r| r.loss);
-    let metric = grid(config, rows, |r| r.metric);
-    let markers = markers(config);
-    let mut written = Vec::new();
-    if let Some(j) = betas.iter().position(|&b| b == 0.0) {
-        let fig = Line1d {
-            texts: {
-                let mut t = texts(config, n_examples, false);
-                if config.dims == 2 {
-                    t.title = format!("{} (β = 0 line of the 2-D grid)", t.title);
-                }
-                t
-            },
-            alphas: alphas.clone(),
-            loss: loss[j].clone(),
-            metric: metric[j].clone(),
-            markers: markers.clone(),
-            reference: chance_loss(config),
-        };
-        written.extend(super::save(&fig, &dir.join("landscape_1d"))?);
-    }
-    if config.dims == 2 {
-        let t = texts(config, n_examples, true);
-        let (lo, hi) = z_range(&loss);
-        let levels = contour_levels(lo, hi, 10);
-        let heat = Heatmap2d {
-            texts: Texts {
-                subtitle: format!("{}; white lines: 10 loss contours", t.subtitle),
-                ..t.clone()
-            },
-            alphas: alphas.clone(),
-            betas: betas.clone(),
-            z: loss.clone(),
-            levels,
-            markers: markers.clone(),
-        };
-        written.extend(super::save(&heat, &dir.join("landscape_2d_heatmap"))?);
-        let surface = Surface3d {
-            texts: t,
-            alphas,
-            betas,
-            z: loss,
-            markers,
-        };
-        written.extend(super::save(&surface, &dir.join("landscape_2d_surface"))?);
-    }
-    Ok(written)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -869,5 +695,194 @@ mod tests {
     fn levels_lie_strictly_inside() {
         assert_eq!(contour_levels(0.0, 1.0, 3), vec![0.25, 0.5, 0.75]);
         assert!(contour_levels(1.0, 1.0, 3).is_empty());
+    }
+
+    use crate::plot::{svg, to_rgb, to_svg};
+
+    fn hex(c: RGBColor) -> String {
+        format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+    }
+
+    fn texts() -> Texts {
+        Texts {
+            title: "1-D loss landscape: test".into(),
+            subtitle: "sub".into(),
+            alpha_label: "α".into(),
+            beta_label: "β".into(),
+            loss_label: "loss".into(),
+            metric_label: "accuracy".into(),
+        }
+    }
+
+    fn marker(alpha: f64, beta: f64, label: &str) -> Marker {
+        Marker {
+            alpha,
+            beta,
+            label: label.into(),
+        }
+    }
+
+    /// The loss curve has one vertex per grid point, in α order, lowest loss lowest on the
+    /// canvas; θ0 and θ1 are labelled beside their dashed lines at α = 0 and α = 1.
+    #[test]
+    fn line_figure_draws_one_vertex_per_point_and_labels_the_marks_at_their_alpha() {
+        let fig = LineFigure1d {
+            texts: texts(),
+            alphas: vec![-0.5, 0.0, 0.5, 1.0, 1.5],
+            loss: vec![0.9, 0.7, 0.4, 0.6, 0.8],
+            metric: vec![0.5, 0.55, 0.6, 0.65, 0.6],
+            markers: vec![
+                marker(0.0, 0.0, "θ0 (random)"),
+                marker(1.0, 0.0, "θ1 (pretrained)"),
+            ],
+            reference: Some((2f64.ln(), "ln 2 = uniform prediction".into())),
+        };
+        let svg = to_svg(&fig).unwrap();
+        let loss_lines: Vec<svg::Element> = svg::elements(&svg, "polyline")
+            .into_iter()
+            .filter(|e| e.attr("stroke") == hex(LOSS_COLOR) && e.attr("stroke-width") == "3")
+            .collect();
+        assert_eq!(loss_lines.len(), 1);
+        let pts = loss_lines[0].points();
+        assert_eq!(pts.len(), 5);
+        assert!(pts.windows(2).all(|w| w[0].0 < w[1].0), "{pts:?}");
+        // Evenly spaced α: evenly spaced x (to the pixel).
+        let step = pts[1].0 - pts[0].0;
+        assert!(
+            pts.windows(2)
+                .all(|w| (w[1].0 - w[0].0 - step).abs() <= 1.0),
+            "{pts:?}"
+        );
+        // Loss 0.4 (α = 0.5) is the lowest point: the largest y on the canvas.
+        let lowest = pts
+            .iter()
+            .cloned()
+            .fold(pts[0], |a, b| if b.1 > a.1 { b } else { a });
+        assert_eq!(lowest, pts[2]);
+        let dots = svg::elements(&svg, "circle")
+            .into_iter()
+            .filter(|e| e.attr("fill") == hex(LOSS_COLOR) && e.attr("r") == "3")
+            .count();
+        assert_eq!(dots, 5);
+        // The metric's triangles, one per point.
+        let triangles = svg::elements(&svg, "polygon")
+            .into_iter()
+            .filter(|e| e.attr("fill") == hex(METRIC_COLOR))
+            .count();
+        assert_eq!(triangles, 5);
+        let text = |label: &str| {
+            let found: Vec<svg::Element> = svg::elements(&svg, "text")
+                .into_iter()
+                .filter(|e| e.text == label)
+                .collect();
+            assert_eq!(found.len(), 1, "{label}: {found:?}");
+            found[0].clone()
+        };
+        // θ0 sits right of its line at α = 0 (left half), θ1 left of its line at α = 1.
+        let (t0, t1) = (text("θ0 (random)"), text("θ1 (pretrained)"));
+        assert_eq!(
+            (t0.num("x"), t0.attr("text-anchor")),
+            (pts[1].0 + 8.0, "start")
+        );
+        assert_eq!(
+            (t1.num("x"), t1.attr("text-anchor")),
+            (pts[3].0 - 8.0, "end")
+        );
+        text("ln 2 = uniform prediction");
+        text("1-D loss landscape: test");
+    }
+
+    /// The cells of a 3 × 2 heatmap, bottom row first, carry the viridis colour of their loss,
+    /// in the SVG and in the PNG's pixels; the marker is a red dot at its (α, β).
+    #[test]
+    fn heatmap_colours_each_cell_by_its_value_and_dots_the_marker() {
+        let fig = HeatmapFigure {
+            texts: texts(),
+            alphas: vec![0.0, 0.5, 1.0],
+            betas: vec![-1.0, 1.0],
+            z: vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]],
+            levels: Vec::new(),
+            markers: vec![marker(1.0, 1.0, "θ1")],
+        };
+        let (w, _) = fig.size();
+        let svg = to_svg(&fig).unwrap();
+        let mut cells: Vec<svg::Element> = svg::elements(&svg, "rect")
+            .into_iter()
+            .filter(|e| e.attr("fill") != "#FFFFFF" && e.attr("fill") != "none")
+            .filter(|e| e.num("x") + e.num("width") <= (w - 150) as f64)
+            .collect();
+        assert_eq!(cells.len(), 6, "{cells:?}");
+        // Bottom row (β = −1) first, left to right.
+        cells.sort_by(|a, b| {
+            b.num("y")
+                .total_cmp(&a.num("y"))
+                .then(a.num("x").total_cmp(&b.num("x")))
+        });
+        let rgb = to_rgb(&fig).unwrap();
+        let pixel = |x: f64, y: f64| {
+            let k = 3 * (y as usize * w as usize + x as usize);
+            RGBColor(rgb[k], rgb[k + 1], rgb[k + 2])
+        };
+        for (k, cell) in cells.iter().enumerate() {
+            let (i, j) = (k % 3, k / 3);
+            let want = color(fig.z[j][i], 1.0, 6.0);
+            assert_eq!(cell.attr("fill"), hex(want), "cell α {i}, β {j}");
+            // A quarter into the cell: away from the marker at the top-right centre.
+            let (x, y) = (
+                cell.num("x") + cell.num("width") / 4.0,
+                cell.num("y") + cell.num("height") / 4.0,
+            );
+            assert_eq!(pixel(x, y), want, "pixel of cell α {i}, β {j}");
+        }
+        let dots: Vec<svg::Element> = svg::elements(&svg, "circle")
+            .into_iter()
+            .filter(|e| e.attr("fill") == hex(RED))
+            .collect();
+        assert_eq!(dots.len(), 1);
+        let top_right = &cells[5];
+        let centre = (
+            top_right.num("x") + top_right.num("width") / 2.0,
+            top_right.num("y") + top_right.num("height") / 2.0,
+        );
+        assert!(
+            (dots[0].num("cx") - centre.0).abs() <= 1.0
+                && (dots[0].num("cy") - centre.1).abs() <= 1.0
+        );
+        assert_eq!(pixel(dots[0].num("cx"), dots[0].num("cy")), RED);
+    }
+
+    /// A 3 × 3 surface is 4 coloured quads, each with the colour of its mean loss.
+    #[test]
+    fn surface_draws_one_quad_per_grid_cell() {
+        let z = vec![
+            vec![0.0, 1.0, 2.0],
+            vec![1.0, 2.0, 3.0],
+            vec![2.0, 3.0, 4.0],
+        ];
+        let fig = SurfaceFigure {
+            texts: texts(),
+            alphas: vec![0.0, 0.5, 1.0],
+            betas: vec![-1.0, 0.0, 1.0],
+            z,
+            markers: vec![marker(0.0, 0.0, "θ1 (pretrained)")],
+        };
+        let svg = to_svg(&fig).unwrap();
+        // (The three axis panels are translucent black polygons.)
+        let mut fills: Vec<String> = svg::elements(&svg, "polygon")
+            .into_iter()
+            .filter(|e| e.attr("opacity") == "1")
+            .map(|e| e.attr("fill").to_string())
+            .collect();
+        fills.sort();
+        // Quad means: 1, 2, 2, 3 over the range 0–4.
+        let mut want: Vec<String> = [1.0, 2.0, 2.0, 3.0]
+            .iter()
+            .map(|&m| hex(color(m, 0.0, 4.0)))
+            .collect();
+        want.sort();
+        assert_eq!(fills, want);
+        assert!(svg::elements(&svg, "text")
+            .iter()
+            .any(|e| e.text == "θ1 (pretrained)"));
     }
 }

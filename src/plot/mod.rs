@@ -78,6 +78,110 @@ pub fn drawing_err<E: std::error::Error + Send + Sync + 'static>(
     anyhow!("drawing failed: {e}")
 }
 
+/// Reading back what a figure drew: the elements of the SVGs plotters writes (one element per
+/// line, attributes in double quotes), for tests that check a figure's content.
+pub mod svg {
+    use std::collections::BTreeMap;
+
+    /// One SVG element: its attributes and, for `<text>`, its text.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Element {
+        pub attrs: BTreeMap<String, String>,
+        pub text: String,
+    }
+
+    impl Element {
+        pub fn attr(&self, name: &str) -> &str {
+            self.attrs.get(name).map_or("", String::as_str)
+        }
+
+        /// A numeric attribute (NaN when absent or not a number).
+        pub fn num(&self, name: &str) -> f64 {
+            self.attr(name).parse().unwrap_or(f64::NAN)
+        }
+
+        /// The `points` of a polyline or polygon.
+        pub fn points(&self) -> Vec<(f64, f64)> {
+            self.attr("points")
+                .split_whitespace()
+                .filter_map(|p| {
+                    let (x, y) = p.split_once(',')?;
+                    Some((x.parse().ok()?, y.parse().ok()?))
+                })
+                .collect()
+        }
+    }
+
+    fn unescape(s: &str) -> String {
+        s.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&")
+    }
+
+    /// Every `<tag ...>` element of `svg`, in drawing order.
+    pub fn elements(svg: &str, tag: &str) -> Vec<Element> {
+        let open = format!("<{tag} ");
+        let mut found = Vec::new();
+        let mut rest = svg;
+        while let Some(start) = rest.find(&open) {
+            let after = &rest[start + open.len()..];
+            let Some(end) = after.find('>') else { break };
+            let head = &after[..end];
+            let mut attrs = BTreeMap::new();
+            let mut h = head;
+            while let Some(eq) = h.find("=\"") {
+                let key = h[..eq].trim().to_string();
+                let value_start = eq + 2;
+                let Some(len) = h[value_start..].find('"') else {
+                    break;
+                };
+                attrs.insert(key, unescape(&h[value_start..value_start + len]));
+                h = &h[value_start + len + 1..];
+            }
+            let body = &after[end + 1..];
+            let text = if head.ends_with('/') {
+                String::new()
+            } else {
+                let close = format!("</{tag}>");
+                body.find(&close)
+                    .map_or(String::new(), |e| unescape(body[..e].trim()))
+            };
+            found.push(Element { attrs, text });
+            rest = body;
+        }
+        found
+    }
+}
+
+/// Draws `figure` into an SVG string (for tests and previews).
+pub fn to_svg(figure: &impl Figure) -> Result<String> {
+    register_fonts();
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, figure.size()).into_drawing_area();
+        root.fill(&WHITE).map_err(drawing_err)?;
+        figure.draw(&root)?;
+        root.present().map_err(drawing_err)?;
+    }
+    Ok(out)
+}
+
+/// Draws `figure` into an RGB pixel buffer (row-major, 3 bytes a pixel), as the PNG holds it.
+pub fn to_rgb(figure: &impl Figure) -> Result<Vec<u8>> {
+    register_fonts();
+    let (w, h) = figure.size();
+    let mut buffer = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(drawing_err)?;
+        figure.draw(&root)?;
+        root.present().map_err(drawing_err)?;
+    }
+    Ok(buffer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +207,19 @@ mod tests {
             dark > 100,
             "only {dark} dark pixels: the font did not render"
         );
+    }
+
+    #[test]
+    fn svg_elements_read_back_attributes_and_text() {
+        let svg = "<svg width=\"10\">\n<polyline fill=\"none\" points=\"1,2 3,4 \"/>\n<text x=\"5\" y=\"6\">\nθ0 &amp; θ1\n</text>\n</svg>\n";
+        let lines = svg::elements(svg, "polyline");
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].points(), vec![(1.0, 2.0), (3.0, 4.0)]);
+        let texts = svg::elements(svg, "text");
+        assert_eq!(
+            (texts[0].num("x"), texts[0].text.as_str()),
+            (5.0, "θ0 & θ1")
+        );
+        assert!(svg::elements(svg, "rect").is_empty());
     }
 }
