@@ -13,6 +13,7 @@ use sift_lab::data::{BatchOrder, Task};
 use sift_lab::grad_stats::{self, GradStatsConfig, GradientSource, OverlapMode, Setup};
 use sift_lab::model::{self, Mode, WeightMap};
 use sift_lab::output;
+use sift_lab::plot::svg;
 
 const VALUE0: &str = "encoder.layer.0.attention.self.value.weight";
 
@@ -353,7 +354,10 @@ fn check_fig4_draws_the_overlap_table(
     batches: usize,
 ) {
     let svg = std::fs::read_to_string(svg_path).unwrap();
-    let texts = common::svg_texts(&svg);
+    let texts: Vec<String> = svg::elements(&svg, "text")
+        .into_iter()
+        .map(|t| t.text)
+        .collect();
     for title in [
         "θ1 pretrained · layer 3",
         "θ0 from scratch · all 24 chosen tensors",
@@ -363,11 +367,10 @@ fn check_fig4_draws_the_overlap_table(
             "no panel '{title}' in {texts:?}"
         );
     }
-    let lines = common::svg_polylines(&svg);
-    let red: Vec<&Vec<(f64, f64)>> = lines
+    let red: Vec<Vec<(f64, f64)>> = svg::elements(&svg, "polyline")
         .iter()
-        .filter(|(stroke, _)| stroke.eq_ignore_ascii_case("#C81E1E"))
-        .map(|(_, points)| points)
+        .filter(|line| line.attr("stroke").eq_ignore_ascii_case("#C81E1E"))
+        .map(|line| line.points())
         .collect();
     // Each panel: its r_first line, then the two-point stroke of its legend entry.
     assert_eq!(red.len(), 8, "{red:?}");

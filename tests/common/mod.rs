@@ -119,48 +119,6 @@ pub fn run_err(cmd: &mut std::process::Command) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
-/// The value of attribute `name` in one SVG element's text (`name="..."`).
-fn svg_attribute<'a>(element: &'a str, name: &str) -> Option<&'a str> {
-    let start = element.find(&format!(" {name}=\""))? + name.len() + 3;
-    let len = element[start..].find('"')?;
-    Some(&element[start..start + len])
-}
-
-/// The points of every `<polyline>` of an SVG document, in document order, with its stroke
-/// colour: what a plotters line series draws.
-pub fn svg_polylines(svg: &str) -> Vec<(String, Vec<(f64, f64)>)> {
-    svg.split("<polyline")
-        .skip(1)
-        .map(|element| {
-            let element = &element[..element.find("/>").unwrap_or(element.len())];
-            let stroke = svg_attribute(element, "stroke")
-                .unwrap_or_default()
-                .to_string();
-            let points = svg_attribute(element, "points")
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(|p| {
-                    let (x, y) = p.split_once(',').expect("x,y");
-                    (x.parse().unwrap(), y.parse().unwrap())
-                })
-                .collect();
-            (stroke, points)
-        })
-        .collect()
-}
-
-/// The text content of every `<text>` element of an SVG document.
-pub fn svg_texts(svg: &str) -> Vec<String> {
-    svg.split("<text")
-        .skip(1)
-        .filter_map(|element| {
-            let open = element.find('>')?;
-            let close = element.find("</text>")?;
-            Some(element[open + 1..close].to_string())
-        })
-        .collect()
-}
-
 /// The first `n` RTE training examples (pairs, so both token types occur) as one batch.
 pub fn rte_batch(pretrained: &Pretrained, n: usize, max_len: usize) -> sift_lab::data::Batch {
     dataset(pretrained, Task::Rte, Split::Train, max_len, n)
