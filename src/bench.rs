@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::backprop;
 use crate::data::{BatchOrder, Dataset, Split, Task};
 use crate::methods::{FineTuning, MethodKind};
 use crate::model::{self, Pretrained};
@@ -155,7 +156,7 @@ fn time_training(
     let seconds = time(config.warmup, config.iters, || {
         let classifier = pretrained.build(&method.effective_weights()?)?;
         let (_, grads) =
-            model::loss_and_gradients(&classifier, &x.ids, &x.types, &x.mask, &x.labels)?;
+            backprop::loss_and_gradients(&classifier, &x.ids, &x.types, &x.mask, &x.labels)?;
         let gradients = optimizer.gradients(&grads)?;
         optimizer.step(&gradients, 1e-5)?;
         Ok(())
@@ -191,7 +192,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let num_labels = config.task.as_ref().map_or(2, |(t, _)| t.num_labels());
     let pretrained = model::load_pretrained(&config.model, None, num_labels, 0, &device)?;
     let x = inputs(config, &pretrained, &device)?;
-    let head = select::head_names(&pretrained.config, num_labels)?;
+    let head = model::weights::head_names(&pretrained.config, num_labels)?;
     let targets = select::target_names("q,k,v,o", &pretrained.config)?;
     let mut report = BenchReport {
         framework: "sift-lab (candle)",
@@ -210,7 +211,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let forward = || -> Result<f64> {
         let classifier = pretrained.build(&pretrained.weights)?;
         time(config.warmup, config.iters, || {
-            model::logits(&classifier, &x.ids, &x.types, &x.mask)?;
+            backprop::logits(&classifier, &x.ids, &x.types, &x.mask)?;
             Ok(())
         })
     };
@@ -253,7 +254,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
             let method = full()?;
             let classifier = pretrained.build(&method.effective_weights()?)?;
             report.forward_backward_s = Some(time(config.warmup, config.iters, || {
-                model::loss_and_gradients(&classifier, &x.ids, &x.types, &x.mask, &x.labels)?;
+                backprop::loss_and_gradients(&classifier, &x.ids, &x.types, &x.mask, &x.labels)?;
                 Ok(())
             })?);
             record(time_training(&method, &pretrained, &x, config)?);

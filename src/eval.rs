@@ -10,6 +10,7 @@ use candle_core::{DType, Device};
 use polars::prelude::{Column, DataFrame};
 use serde::Serialize;
 
+use crate::backprop;
 use crate::data::{BatchOrder, Dataset, Label, Split, Task};
 use crate::model::{self, SequenceClassifier};
 use crate::{metrics, output};
@@ -127,7 +128,7 @@ pub fn evaluate(
     let mut predictions = Predictions::default();
     for batch in dataset.batches(batch_size, BatchOrder::Sequential, device) {
         let batch = batch?;
-        let logits = model::logits(
+        let logits = backprop::logits(
             classifier,
             &batch.input_ids,
             &batch.token_type_ids,

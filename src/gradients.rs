@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Context, Result};
 use candle_core::Var;
 
+use crate::backprop;
 use crate::data::Batch;
-use crate::methods::{Decay, Param};
-use crate::model::{self, Pretrained, SequenceClassifier, WeightMap};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::model::{Pretrained, SequenceClassifier, WeightMap};
+use crate::optim::{AdamW, AdamWConfig, Decay, Param};
 
 /// The loss and the gradients of the chosen tensors on one batch.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ impl GradientSource {
 
     /// The gradient at the current weights on `batch`; when training, then the update.
     pub fn step(&mut self, batch: &Batch) -> Result<BatchGradients> {
-        let (loss, grads) = model::loss_and_gradients(
+        let (loss, grads) = backprop::loss_and_gradients(
             &self.classifier,
             &batch.input_ids,
             &batch.token_type_ids,

@@ -24,6 +24,7 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{EffectiveWeights, Increment, WeightMap};
+use crate::optim::{Decay, Param};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -38,26 +39,6 @@ pub enum MethodKind {
 /// A linear layer's weight: its increment is handed to the model as an [`Increment`].
 fn is_linear_weight(name: &str, shape: &[usize]) -> bool {
     shape.len() == 2 && !name.starts_with("embeddings.") && name.ends_with(".weight")
-}
-
-/// How AdamW's decoupled weight decay applies to a parameter.
-#[derive(Debug, Clone)]
-pub enum Decay {
-    /// Biases, LayerNorm, and LoRA factors: no decay.
-    None,
-    /// Dense weights: p ← p − lr·wd·p.
-    Plain,
-    /// Sparse increments: the effective weights W[idx] + v decay, as full fine-tuning would
-    /// decay them: v ← v − lr·wd·(W[idx] + v). `base` holds W[idx].
-    Effective { base: Tensor },
-}
-
-/// One tensor the optimizer updates.
-#[derive(Debug, Clone)]
-pub struct Param {
-    pub name: String,
-    pub var: Var,
-    pub decay: Decay,
 }
 
 #[derive(Debug)]

@@ -4,9 +4,27 @@
 
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 
-use crate::methods::{Decay, Param};
+/// How AdamW's decoupled weight decay applies to a parameter.
+#[derive(Debug, Clone)]
+pub enum Decay {
+    /// Biases, LayerNorm, and LoRA factors: no decay.
+    None,
+    /// Dense weights: p ← p − lr·wd·p.
+    Plain,
+    /// Sparse increments: the effective weights W[idx] + v decay, as full fine-tuning would
+    /// decay them: v ← v − lr·wd·(W[idx] + v). `base` holds W[idx].
+    Effective { base: Tensor },
+}
+
+/// One tensor the optimizer updates.
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: String,
+    pub var: Var,
+    pub decay: Decay,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWConfig {

@@ -1,5 +1,6 @@
 //! Tensor-name selection, in one place: glob patterns over tensor names (`--tensors`,
-//! `--trainable`), the module sets of `--modules`, and which tensors form the task head.
+//! `--trainable`) and the module sets of `--modules`. Which tensors form the task head is the
+//! architecture's business (`model::weights::{is_head, head_names}`).
 //! Every command that picks tensors by name goes through here, so a pattern means the same
 //! thing everywhere.
 
@@ -8,7 +9,7 @@ use std::collections::BTreeSet;
 use anyhow::{bail, Result};
 
 use crate::model::config::EncoderConfig;
-use crate::model::weights::{expected_shapes, head_shapes};
+use crate::model::weights::{expected_shapes, is_head};
 
 /// Whether `name` matches the glob `pattern` (`*`: any run of characters, dots included;
 /// `?`: exactly one character).
@@ -94,22 +95,6 @@ pub fn compact_names(names: &[String]) -> String {
         (Some(a), Some(b)) => format!("{} (L = {a}..{b})", folded.join(", ")),
         _ => folded.join(", "),
     }
-}
-
-/// Whether `name` belongs to the sequence-classification head: the classifier, and for BERT the
-/// pooler, which transformers keeps inside `bert.` but which only the head uses.
-pub fn is_head(name: &str) -> bool {
-    name.starts_with("classifier") || name.starts_with("pooler.")
-}
-
-/// The task head's tensor names for a config, in architecture order.
-pub fn head_names(config: &EncoderConfig, num_labels: usize) -> Result<Vec<String>> {
-    Ok(
-        head_shapes(config.family()?, config.hidden_size, num_labels)
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect(),
-    )
 }
 
 /// The module sets `--modules` accepts (comma-separated, combinable).
@@ -248,7 +233,7 @@ mod tests {
         let err = target_names("q,x", &c).unwrap_err().to_string();
         assert!(err.contains("--modules") && err.contains("\"x\""), "{err}");
         assert_eq!(
-            head_names(&c, 2).unwrap(),
+            crate::model::weights::head_names(&c, 2).unwrap(),
             vec![
                 "pooler.dense.weight",
                 "pooler.dense.bias",

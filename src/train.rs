@@ -14,6 +14,7 @@ use candle_core::{Device, Tensor};
 use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
+use crate::backprop;
 use crate::budget::{self, Selection};
 use crate::data::{BatchOrder, Dataset, Split, Task};
 use crate::gradients::GradientSource;
@@ -177,7 +178,7 @@ pub fn run(
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
 
-    let head = select::head_names(&pretrained.config, pretrained.num_labels)?;
+    let head = model::weights::head_names(&pretrained.config, pretrained.num_labels)?;
     let method = build_method(
         config,
         &pretrained,
@@ -238,7 +239,7 @@ pub fn run(
             let batch = batch?;
             // Rebuilt every step from the live Vars, so the last update is in this forward.
             let classifier = pretrained.build(&method.effective_weights()?)?;
-            let (loss_value, grads) = model::loss_and_gradients(
+            let (loss_value, grads) = backprop::loss_and_gradients(
                 &classifier,
                 &batch.input_ids,
                 &batch.token_type_ids,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use candle_core::{DType, Device, Tensor, Var};
+use sift_lab::backprop;
 use sift_lab::budget::{self, Selection};
 use sift_lab::data::{BatchOrder, Split, Task};
 use sift_lab::methods::{FineTuning, MethodKind};
@@ -24,7 +25,7 @@ fn loss(
 }
 
 fn head(pretrained: &model::Pretrained) -> Vec<String> {
-    select::head_names(&pretrained.config, pretrained.num_labels).unwrap()
+    model::weights::head_names(&pretrained.config, pretrained.num_labels).unwrap()
 }
 
 fn shapes(pretrained: &model::Pretrained, names: &[String]) -> Vec<(String, Vec<usize>)> {
@@ -487,7 +488,7 @@ fn resume_after_a_kill_matches_an_uninterrupted_run() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--resume"));
 }
 
-/// The hand-written training pass (`model::loss_and_gradients`) gives the loss and every
+/// The hand-written training pass (`backprop::loss_and_gradients`) gives the loss and every
 /// gradient that candle's autograd gives on the same model, in f64, for each method: full,
 /// head-only, SIFT on every tensor kind (factored Δ on weights; W + scatter on biases,
 /// LayerNorm and embeddings), LoRA with non-zero B, and a regression head.
@@ -558,7 +559,7 @@ fn hand_written_pass_equals_candle_autograd_for_every_method() {
                 .unwrap();
             let autograd_loss = loss(&pretrained, &method.effective_weights().unwrap(), &b);
             let expected = autograd_loss.backward().unwrap();
-            let (got_loss, got) = model::loss_and_gradients(
+            let (got_loss, got) = backprop::loss_and_gradients(
                 &classifier,
                 &b.input_ids,
                 &b.token_type_ids,
@@ -568,7 +569,7 @@ fn hand_written_pass_equals_candle_autograd_for_every_method() {
             .unwrap();
             let expected_loss = autograd_loss.to_scalar::<f64>().unwrap();
             // Evaluation's packed forward pass gives candle's logits too.
-            let packed = model::logits(
+            let packed = backprop::logits(
                 &classifier,
                 &b.input_ids,
                 &b.token_type_ids,

@@ -132,9 +132,10 @@ impl Surface {
     }
 }
 
-/// Whether `name` is part of the task head for `pretrained` (fixed by default).
-fn is_head(pretrained: &Pretrained, name: &str) -> bool {
-    pretrained.seeded_head.contains(name) || name.starts_with("classifier")
+/// Whether `name` stays fixed over the grid: the classifier, and any tensor drawn from the seed
+/// (the same in θ0 and θ1, so there is no direction to move it along). A pretrained pooler moves.
+fn fixed_on_the_grid(pretrained: &Pretrained, name: &str) -> bool {
+    pretrained.seeded_head.contains(name) || model::weights::is_classifier(name)
 }
 
 /// Builds the directions of `config` for `theta1` (and, for `checkpoints`, the start model).
@@ -161,7 +162,7 @@ pub fn prepare_surface(
         }
         _ => names
             .iter()
-            .filter(|n| !is_head(theta1, n))
+            .filter(|n| !fixed_on_the_grid(theta1, n))
             .cloned()
             .collect(),
     };

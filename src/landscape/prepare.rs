@@ -40,7 +40,7 @@ fn use_trained_head(
         device,
     )
     .with_context(|| format!("--head-from {}", dir.display()))?;
-    for name in crate::select::head_names(&theta1.config, theta1.num_labels)? {
+    for name in crate::model::weights::head_names(&theta1.config, theta1.num_labels)? {
         ensure!(
             !trained.seeded_head.contains(&name),
             "--head-from {}: the checkpoint has no trained {name}; give the --export-hf directory \

@@ -3,7 +3,7 @@
 //!
 //! Two forward passes read these structs:
 //! - the hand-written pass (`crate::backprop::bert`), THE forward of sift-lab: evaluation
-//!   (`model::logits`) and training (`model::loss_and_gradients`) run it, on the batch's real
+//!   (`backprop::logits`) and training (`backprop::loss_and_gradients`) run it, on the batch's real
 //!   tokens only, keeping what its backward pass needs;
 //! - [`SequenceClassifier::forward`] here, built from candle ops and the kernels' candle ops
 //!   (`crate::kernels`), which candle's autograd differentiates. It is the reference the tests

@@ -23,7 +23,6 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use candle_nn::VarBuilder;
 
-pub use crate::backprop::{logits, loss_and_gradients};
 pub use bert::{mean_loss, per_example_loss, SequenceClassifier};
 pub use config::{EncoderConfig, Family};
 pub use increment::{ClassifierWeights, EffectiveWeights, Increment, Increments};

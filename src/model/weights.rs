@@ -118,6 +118,28 @@ pub fn head_shapes(family: Family, hidden: usize, num_labels: usize) -> Vec<(Str
     }
 }
 
+/// Whether `name` is the classifier proper, which transformers keeps outside the encoder's
+/// prefix (`bert.`, `roberta.`).
+pub fn is_classifier(name: &str) -> bool {
+    name.starts_with("classifier")
+}
+
+/// Whether `name` belongs to the sequence-classification head: the classifier, and for BERT the
+/// pooler, which transformers keeps inside `bert.` but which only the head uses.
+pub fn is_head(name: &str) -> bool {
+    is_classifier(name) || name.starts_with("pooler.")
+}
+
+/// The task head's tensor names for a config, in architecture order.
+pub fn head_names(config: &EncoderConfig, num_labels: usize) -> Result<Vec<String>> {
+    Ok(
+        head_shapes(config.family()?, config.hidden_size, num_labels)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect(),
+    )
+}
+
 /// Checks that `weights` holds exactly the architecture's tensors with the right shapes.
 pub fn check_complete(
     weights: &WeightMap,
@@ -129,7 +151,7 @@ pub fn check_complete(
         match weights.get(&name) {
             None => bail!("{source}: tensor {name} is missing"),
             Some(t) if t.dims() != shape.as_slice() => {
-                let hint = if name.starts_with("classifier") {
+                let hint = if is_classifier(&name) {
                     " (the checkpoint's head was trained for a task with another number of labels)"
                 } else {
                     ""
@@ -188,7 +210,7 @@ pub fn save_hf_checkpoint(
     let prefixed: HashMap<String, Tensor> = weights
         .iter()
         .map(|(name, t)| {
-            let hf_name = if name.starts_with("classifier") {
+            let hf_name = if is_classifier(name) {
                 name.clone()
             } else {
                 format!("{}{name}", family.hf_prefix())
