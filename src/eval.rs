@@ -37,6 +37,15 @@ pub struct Scores {
     pub metrics: BTreeMap<String, f64>,
 }
 
+/// Where `sift-lab eval` writes and how it shows progress; nothing here changes a number.
+#[derive(Debug, Clone, Default)]
+pub struct EvalOptions {
+    /// Write the per-example predictions to this Parquet file.
+    pub predictions: Option<PathBuf>,
+    pub progress: bool,
+}
+
+/// What an evaluation returns: the scores, and the per-example predictions behind them.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub model: String,
@@ -46,6 +55,8 @@ pub struct EvalReport {
     #[serde(flatten)]
     pub scores: Scores,
     pub seconds: f64,
+    #[serde(skip)]
+    pub predictions: Predictions,
 }
 
 /// Per-example outputs, in dataset order.
@@ -166,17 +177,14 @@ pub fn evaluate(
 pub const REPORT_KEY: &str = "eval_report";
 
 /// Writes per-example predictions to `path` (Parquet, atomically), the report in its metadata.
-pub fn write_predictions(
-    path: &Path,
-    report: &EvalReport,
-    predictions: &Predictions,
-) -> Result<()> {
+pub fn write_predictions(path: &Path, report: &EvalReport) -> Result<()> {
     let metadata = vec![(REPORT_KEY.to_string(), serde_json::to_string(report)?)];
-    output::write_parquet(&mut predictions.to_frame()?, path, &metadata)
+    output::write_parquet(&mut report.predictions.to_frame()?, path, &metadata)
 }
 
-/// `sift-lab eval`: loads the model (and checkpoint) and evaluates it on the split.
-pub fn run(config: &EvalConfig, progress: bool) -> Result<(EvalReport, Predictions)> {
+/// `sift-lab eval`: loads the model (and checkpoint), evaluates it on the split, and writes
+/// the predictions file when `options` asks for one.
+pub fn run(config: &EvalConfig, options: &EvalOptions) -> Result<EvalReport> {
     let start = Instant::now();
     let device = Device::Cpu;
     let pretrained = model::load_pretrained(
@@ -195,8 +203,13 @@ pub fn run(config: &EvalConfig, progress: bool) -> Result<(EvalReport, Predictio
         config.limit,
     )?;
     let classifier = pretrained.build(&pretrained.weights)?;
-    let (scores, predictions) =
-        evaluate(&classifier, &dataset, config.batch_size, &device, progress)?;
+    let (scores, predictions) = evaluate(
+        &classifier,
+        &dataset,
+        config.batch_size,
+        &device,
+        options.progress,
+    )?;
     let report = EvalReport {
         model: config.model.clone(),
         checkpoint: config.checkpoint.as_ref().map(|p| p.display().to_string()),
@@ -204,6 +217,10 @@ pub fn run(config: &EvalConfig, progress: bool) -> Result<(EvalReport, Predictio
         split: config.split.name().to_string(),
         scores,
         seconds: start.elapsed().as_secs_f64(),
+        predictions,
     };
-    Ok((report, predictions))
+    if let Some(path) = &options.predictions {
+        write_predictions(path, &report)?;
+    }
+    Ok(report)
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use sift_lab::data::{self, Split, Task};
-use sift_lab::{analysis_config, bench, eval, grad_stats, hub, landscape};
+use sift_lab::{analysis_config, bench, eval, grad_stats, hub, landscape, train};
 
 #[derive(Parser)]
 #[command(
@@ -397,10 +397,11 @@ fn main() -> Result<()> {
                 max_len: args.data.max_len,
                 seed: args.seed,
             };
-            let (report, predictions) = eval::run(&config, !args.json)?;
-            if let Some(path) = &args.predictions {
-                eval::write_predictions(path, &report, &predictions)?;
-            }
+            let options = eval::EvalOptions {
+                predictions: args.predictions,
+                progress: !args.json,
+            };
+            let report = eval::run(&config, &options)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -430,7 +431,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Train(args) => {
-            let config = sift_lab::train::TrainConfig {
+            let config = train::TrainConfig {
                 model: args.model,
                 task: args.task,
                 data_dir: args.data.dir.resolve()?,
@@ -453,9 +454,13 @@ fn main() -> Result<()> {
                 eval_limit: args.eval_limit,
                 log_every: args.log_every,
             };
-            let summary =
-                sift_lab::train::run(&config, &args.out, args.export_hf.as_deref(), args.resume)?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            let options = train::TrainOptions {
+                out: args.out,
+                export_hf: args.export_hf,
+                resume: args.resume,
+            };
+            let report = train::run(&config, &options)?;
+            println!("{}", serde_json::to_string_pretty(&report.summary)?);
         }
         Command::GradStats(args) => {
             let figures_dir = args.figures_dir.unwrap_or_else(|| args.out.clone());
@@ -484,8 +489,11 @@ fn main() -> Result<()> {
                 config.lr = args.lr;
                 config.trainable = args.trainable;
                 config.seed = args.seed;
-                config.progress = true;
-                let (report, files) = grad_stats::run(&config, Some(&figures_dir))?;
+                let options = grad_stats::GradStatsOptions {
+                    figures_dir: Some(figures_dir),
+                    progress: true,
+                };
+                let (report, files) = grad_stats::run(&config, &options)?;
                 for path in files {
                     eprintln!("wrote {}", path.display());
                 }
@@ -508,27 +516,22 @@ fn main() -> Result<()> {
             }
             let task = args.task.context("--task is required")?;
             let dims = args.dims.unwrap_or(1);
-            let directions = landscape::Directions::parse(&args.directions)?;
-            let mut config =
-                landscape::LandscapeConfig::new(task.name(), &args.data.dir.resolve()?, dims);
+            let mut config = landscape::LandscapeConfig::new(task, &args.data.dir.resolve()?, dims);
             config.model = args.model;
-            config.directions = directions;
-            config.alpha = match &args.alpha {
-                Some(a) => landscape::Range::parse(a).context("--alpha")?,
-                None => directions.default_alpha(),
-            };
-            config.beta = match (&args.beta, dims) {
-                (Some(b), _) => Some(landscape::Range::parse(b).context("--beta")?),
-                (None, 2) => Some(directions.default_beta()),
-                (None, _) => None,
-            };
+            let alpha = args.alpha.as_deref().map(landscape::Range::parse);
+            let beta = args.beta.as_deref().map(landscape::Range::parse);
+            config.set_grid(
+                landscape::Directions::parse(&args.directions)?,
+                alpha.transpose().context("--alpha")?,
+                beta.transpose().context("--beta")?,
+            );
             config.from_checkpoint = args.from_checkpoint;
             config.to_checkpoint = args.to_checkpoint;
             config.head_from = args.head_from;
             config.tensors = args.tensors;
             config.filter_1d = landscape::Filter1d::parse(&args.filter_1d)?;
             config.seed = args.seed;
-            config.split = args.split.name().to_string();
+            config.split = args.split;
             config.eval_examples = args.eval_examples;
             config.max_len = args.data.max_len;
             config.batch_size = args.batch_size;

@@ -133,12 +133,44 @@ struct Checkpoint {
     seconds: f64,
 }
 
-pub fn run(
-    config: &TrainConfig,
-    out: &Path,
-    export_hf: Option<&Path>,
-    resume: bool,
-) -> Result<TrainSummary> {
+/// Where a run writes and how it proceeds: nothing here changes its numbers, so none of it is
+/// stored with the run or compared on `--resume`.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The run directory: metrics.parquet, summary.json, delta.safetensors, state/.
+    pub out: PathBuf,
+    /// Also write the merged model here as a transformers checkpoint.
+    pub export_hf: Option<PathBuf>,
+    /// Continue the run in `out` from its last completed epoch.
+    pub resume: bool,
+}
+
+impl TrainOptions {
+    pub fn new(out: &Path) -> TrainOptions {
+        TrainOptions {
+            out: out.to_path_buf(),
+            export_hf: None,
+            resume: false,
+        }
+    }
+}
+
+/// What a run returns: its summary (also `summary.json`) and its metrics table (also
+/// `metrics.parquet`).
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub summary: TrainSummary,
+    pub metrics: Vec<MetricRow>,
+}
+
+/// `sift-lab train`: fine-tunes `config.model` on `config.task` with `config.method`, writing
+/// the run directory as it goes (see the module docs).
+pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> {
+    let (out, export_hf, resume) = (
+        options.out.as_path(),
+        options.export_hf.as_deref(),
+        options.resume,
+    );
     config.validate()?;
     let started = Instant::now();
     let device = Device::Cpu;
@@ -369,7 +401,10 @@ pub fn run(
             out.display()
         );
     }
-    Ok(summary)
+    Ok(TrainReport {
+        summary,
+        metrics: rows,
+    })
 }
 
 fn format_metrics(metrics: &BTreeMap<String, f64>) -> String {

@@ -155,7 +155,7 @@ fn gradients_used_equal_those_of_the_full_training_path() {
     }
 
     // The tables of a run on the same config describe exactly these first-batch gradients.
-    let tables = grad_stats::compute(&config).unwrap();
+    let tables = grad_stats::compute(&config, false).unwrap();
     for (m, model_name) in grad_stats::MODELS.iter().enumerate() {
         let g = &used[m];
         let stats = &tables.stats;
@@ -222,7 +222,7 @@ fn topx_by_sorting(g: &[f32], x_percent: f64) -> f64 {
 fn tables_are_consistent_and_figures_redraw_from_parquet() {
     let dir = common::temp_dir("grad-stats-tables");
     let config = config(dir.path(), 3);
-    let mut tables = grad_stats::compute(&config).unwrap();
+    let mut tables = grad_stats::compute(&config, false).unwrap();
     let summary = tables.summary.clone();
     assert_eq!(summary.batches_done, 3);
     assert_eq!(
@@ -477,17 +477,17 @@ fn during_training_takes_each_gradient_before_its_update() {
 fn bad_input_is_refused_with_a_helpful_message() {
     let dir = common::temp_dir("grad-stats-bad");
     let mut c = config(dir.path(), 1);
-    let err = format!("{:#}", grad_stats::compute(&c).err().unwrap());
+    let err = format!("{:#}", grad_stats::compute(&c, false).err().unwrap());
     assert!(err.contains("at least 2 batches"), "{err}");
 
     c.batches = 2;
     c.bins = 1;
-    let err = format!("{:#}", grad_stats::compute(&c).err().unwrap());
+    let err = format!("{:#}", grad_stats::compute(&c, false).err().unwrap());
     assert!(err.contains("at least 2 bins"), "{err}");
 
     c.bins = 10;
     c.tensors = Some("encoder.layer.*.attention.self.value.weight,nothing.like.this".into());
-    let err = format!("{:#}", grad_stats::compute(&c).err().unwrap());
+    let err = format!("{:#}", grad_stats::compute(&c, false).err().unwrap());
     assert!(
         err.contains("'nothing.like.this' matches no tensor"),
         "{err}"
@@ -499,7 +499,7 @@ fn bad_input_is_refused_with_a_helpful_message() {
 
     c.tensors = None;
     c.figure_tensor = Some("encoder.layer.0.output.dense.weight".into());
-    let err = format!("{:#}", grad_stats::compute(&c).err().unwrap());
+    let err = format!("{:#}", grad_stats::compute(&c, false).err().unwrap());
     assert!(err.contains("not among the chosen tensors"), "{err}");
 }
 

@@ -271,7 +271,7 @@ fn surfaces_of_the_real_model_follow_the_definitions() {
     let name = "encoder.layer.2.attention.self.value.weight";
     let sub = |a: &Tensor, b: &Tensor| to_vec(&(a - b).unwrap());
 
-    let mut config = LandscapeConfig::new("rte", Path::new("."), 2);
+    let mut config = LandscapeConfig::new(Task::Rte, Path::new("."), 2);
     config.tensors = Some("encoder.layer.2.attention.self.*, embeddings.LayerNorm.*".into());
     let surface = landscape::prepare_surface(&config, &pretrained, None).unwrap();
     assert_eq!(surface.moving_names().len(), 8);

@@ -332,7 +332,8 @@ fn logits_and_loss_match_transformers_on_rte_dev() {
         max_len,
         seed: 12345, // must not matter: the checkpoint has a head
     };
-    let (report, predictions) = eval::run(&config, false).unwrap();
+    let report = eval::run(&config, &eval::EvalOptions::default()).unwrap();
+    let predictions = &report.predictions;
     assert_eq!(report.scores.n_examples, n);
 
     // Same tokens as transformers' fast tokenizer.

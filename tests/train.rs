@@ -333,7 +333,12 @@ fn a_short_sift_run_learns_and_its_export_evaluates_identically() {
     config.epochs = 4;
     config.lr = 2e-3;
     config.log_every = 1;
-    let summary = sift_lab::train::run(&config, out.path(), Some(&export), false).unwrap();
+    let options = sift_lab::train::TrainOptions {
+        export_hf: Some(export.clone()),
+        ..sift_lab::train::TrainOptions::new(out.path())
+    };
+    let report = sift_lab::train::run(&config, &options).unwrap();
+    let summary = report.summary;
     assert_eq!(summary.status, "completed");
     assert_eq!(summary.steps, 16);
 
@@ -362,7 +367,7 @@ fn a_short_sift_run_learns_and_its_export_evaluates_identically() {
     );
 
     // Export → eval: the same dev loss and accuracy the run reported for its last epoch.
-    let (report, _) = sift_lab::eval::run(
+    let report = sift_lab::eval::run(
         &sift_lab::eval::EvalConfig {
             model: config.model.clone(),
             checkpoint: Some(export.clone()),
@@ -374,7 +379,7 @@ fn a_short_sift_run_learns_and_its_export_evaluates_identically() {
             max_len: config.max_len,
             seed: 999,
         },
-        false,
+        &sift_lab::eval::EvalOptions::default(),
     )
     .unwrap();
     let last = summary.last_epoch.unwrap();

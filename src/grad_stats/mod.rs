@@ -115,8 +115,13 @@ pub struct GradStatsConfig {
     pub seed: u64,
     /// Output directory of the tables.
     pub out: PathBuf,
-    /// Show a progress bar.
-    #[serde(skip, default)]
+}
+
+/// Where the figures go and whether to show progress; nothing here changes a number.
+#[derive(Debug, Clone, Default)]
+pub struct GradStatsOptions {
+    /// Default: the tables' directory (`config.out`).
+    pub figures_dir: Option<PathBuf>,
     pub progress: bool,
 }
 
@@ -139,7 +144,6 @@ impl GradStatsConfig {
             trainable: None,
             seed: 0,
             out: out.to_path_buf(),
-            progress: false,
         }
     }
 
@@ -594,20 +598,18 @@ impl Setup {
 /// Returns the report and the files written.
 pub fn run(
     config: &GradStatsConfig,
-    figures_dir: Option<&Path>,
+    options: &GradStatsOptions,
 ) -> Result<(GradStatsReport, Vec<PathBuf>)> {
-    let mut report = compute(config)?;
+    let mut report = compute(config, options.progress)?;
     let mut files = write_tables(&mut report, &config.out)?;
-    files.extend(draw_figures(
-        &config.out,
-        figures_dir.unwrap_or(&config.out),
-    )?);
+    let figures_dir = options.figures_dir.as_deref().unwrap_or(&config.out);
+    files.extend(draw_figures(&config.out, figures_dir)?);
     Ok((report, files))
 }
 
 /// Computes the tables of a run; writes nothing.
 /// Ctrl-C stops after the current batch and returns what is complete (at least one batch).
-pub fn compute(config: &GradStatsConfig) -> Result<GradStatsReport> {
+pub fn compute(config: &GradStatsConfig, progress: bool) -> Result<GradStatsReport> {
     let start = Instant::now();
     let setup = Setup::load(config)?;
     let device = Device::Cpu;
@@ -623,7 +625,7 @@ pub fn compute(config: &GradStatsConfig) -> Result<GradStatsReport> {
         Accumulator::new(&setup.tensors, &grid, config.top_percent),
     ];
     let bar = progress::bar(config.batches as u64, "batches");
-    if !config.progress {
+    if !progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_message(format!(

@@ -10,11 +10,12 @@ use serde::Serialize;
 use super::config::{LandscapeConfig, Point};
 use super::prepare::prepare;
 use crate::bench::median;
+use crate::data::Task;
 use crate::eval;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    pub task: String,
+    pub task: Task,
     pub n_examples: usize,
     pub kernel_threads: usize,
     pub points: usize,
@@ -90,7 +91,7 @@ pub fn benchmark(config: &LandscapeConfig, points: usize, jobs: usize) -> Result
         None
     };
     Ok(BenchReport {
-        task: config.task.clone(),
+        task: config.task,
         n_examples: prepared.dataset.len(),
         kernel_threads: candle_core::utils::get_num_threads(),
         points: chosen.len(),

@@ -60,7 +60,7 @@ pub fn compute(
     // Without a terminal (a batch job's log) the bar is hidden: print one line per point.
     let log_lines = options.progress && !std::io::stderr().is_terminal();
     let (total, started) = (todo.len(), Instant::now());
-    let metric_name = metrics::primary_metric(config.task()?);
+    let metric_name = metrics::primary_metric(config.task);
     let (result, written) = std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<Row>();
         let writer = scope.spawn(move || -> Result<(Vec<Row>, usize)> {

@@ -189,7 +189,7 @@ impl Filter1d {
 /// shard and output location are [`super::RunOptions`]). Stored as JSON in the Parquet metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LandscapeConfig {
-    pub task: String,
+    pub task: Task,
     pub model: String,
     /// Hub snapshot of the model (None for a local directory); filled in by [`super::run`].
     pub model_revision: Option<String>,
@@ -209,7 +209,7 @@ pub struct LandscapeConfig {
     /// Seed of θ0, of the task head and of the random directions.
     pub seed: u64,
     pub data_dir: PathBuf,
-    pub split: String,
+    pub split: Split,
     pub eval_examples: usize,
     pub max_len: usize,
     pub batch_size: usize,
@@ -217,10 +217,10 @@ pub struct LandscapeConfig {
 
 impl LandscapeConfig {
     /// A configuration with the defaults of the CLI for `task` and `dims`.
-    pub fn new(task: &str, data_dir: &Path, dims: usize) -> LandscapeConfig {
+    pub fn new(task: Task, data_dir: &Path, dims: usize) -> LandscapeConfig {
         let directions = Directions::Paper;
         LandscapeConfig {
-            task: task.to_string(),
+            task,
             model: hub::DEFAULT_MODEL.to_string(),
             model_revision: None,
             directions,
@@ -234,25 +234,26 @@ impl LandscapeConfig {
             filter_1d: Filter1d::Zero,
             seed: 0,
             data_dir: data_dir.to_path_buf(),
-            split: "train".to_string(),
+            split: Split::Train,
             eval_examples: 512,
             max_len: 128,
             batch_size: 32,
         }
     }
 
-    pub fn task(&self) -> Result<Task> {
-        Task::parse(&self.task).with_context(|| format!("--task {}", self.task))
-    }
-
-    pub fn split(&self) -> Result<Split> {
-        Split::parse(&self.split).with_context(|| format!("--split {}", self.split))
+    /// Sets the directions and the grid: `alpha` and `beta` where given, else the directions'
+    /// defaults (β only for a 2-D grid).
+    pub fn set_grid(&mut self, directions: Directions, alpha: Option<Range>, beta: Option<Range>) {
+        self.directions = directions;
+        self.alpha = alpha.unwrap_or_else(|| directions.default_alpha());
+        self.beta = match beta {
+            Some(beta) => Some(beta),
+            None => (self.dims == 2).then(|| directions.default_beta()),
+        };
     }
 
     /// Checks everything that can be checked without loading the model.
     pub fn validate(&self) -> Result<()> {
-        self.task()?;
-        self.split()?;
         ensure!(
             self.dims == 1 || self.dims == 2,
             "--dims {}: must be 1 or 2",
@@ -413,14 +414,14 @@ mod tests {
 
     #[test]
     fn grid_points_are_row_major() {
-        let mut c = LandscapeConfig::new("rte", Path::new("."), 2);
+        let mut c = LandscapeConfig::new(Task::Rte, Path::new("."), 2);
         c.alpha = Range::parse("0:1:3").unwrap();
         c.beta = Some(Range::parse("-1:1:2").unwrap());
         let p = c.points();
         assert_eq!(p.len(), 6);
         assert_eq!((p[3].index, p[3].alpha, p[3].beta), (3, 0.5, 1.0));
         assert_eq!((p[3].alpha_index, p[3].beta_index), (1, 1));
-        let mut c1 = LandscapeConfig::new("rte", Path::new("."), 1);
+        let mut c1 = LandscapeConfig::new(Task::Rte, Path::new("."), 1);
         c1.alpha = Range::parse("0:1:3").unwrap();
         assert!(c1.points().iter().all(|p| p.beta == 0.0));
     }

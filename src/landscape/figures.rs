@@ -36,7 +36,7 @@ fn checkpoint_name(p: &Option<PathBuf>) -> String {
 }
 
 fn texts(config: &LandscapeConfig, n_examples: usize, two_d: bool) -> Texts {
-    let task = config.task.to_uppercase();
+    let task = config.task.name().to_uppercase();
     let what = if two_d {
         "2-D loss surface"
     } else {
@@ -83,15 +83,12 @@ fn texts(config: &LandscapeConfig, n_examples: usize, two_d: bool) -> Texts {
         Directions::FilterNormalized => "β   (step along d2)",
         _ => "β   (step along δ2)",
     };
-    let loss_label = if config.task.starts_with("stsb") || config.task == "sts-b" {
+    let loss_label = if config.task.is_regression() {
         "mean squared error"
     } else {
         "mean cross-entropy loss"
     };
-    let metric_label = config
-        .task()
-        .map(crate::metrics::primary_metric)
-        .unwrap_or("metric");
+    let metric_label = crate::metrics::primary_metric(config.task);
     Texts {
         title: format!("{what}: {} on {task}", config.model_short()),
         subtitle: format!(
@@ -107,7 +104,7 @@ fn texts(config: &LandscapeConfig, n_examples: usize, two_d: bool) -> Texts {
 
 /// ln(classes), the cross-entropy of a uniform prediction, for classification tasks.
 fn chance_loss(config: &LandscapeConfig) -> Option<(f64, String)> {
-    let classes = config.task().ok()?.num_labels();
+    let classes = config.task.num_labels();
     (classes > 1).then(|| {
         (
             (classes as f64).ln(),
@@ -214,6 +211,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::data::Task;
     use crate::landscape::Range;
 
     fn rows(config: &LandscapeConfig) -> Vec<Row> {
@@ -237,7 +235,7 @@ mod tests {
 
     #[test]
     fn paper_directions_mark_theta0_at_zero_and_theta1_at_one() {
-        let mut c = LandscapeConfig::new("rte", Path::new("."), 2);
+        let mut c = LandscapeConfig::new(Task::Rte, Path::new("."), 2);
         c.alpha = Range::parse("-0.5:1.5:5").unwrap();
         c.beta = Some(Range::parse("-1:1:3").unwrap());
         let f = figures(&c, &rows(&c)).unwrap();
@@ -261,7 +259,7 @@ mod tests {
 
     #[test]
     fn filter_normalized_marks_theta1_at_the_origin() {
-        let mut c = LandscapeConfig::new("rte", Path::new("."), 1);
+        let mut c = LandscapeConfig::new(Task::Rte, Path::new("."), 1);
         c.directions = Directions::FilterNormalized;
         c.alpha = Range::parse("-1:1:3").unwrap();
         let f = figures(&c, &rows(&c)).unwrap();

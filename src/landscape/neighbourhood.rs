@@ -149,11 +149,12 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::data::Task;
     use crate::landscape::Range;
 
     #[test]
     fn neighbourhoods_measure_the_loss_around_theta0_and_theta1() {
-        let mut c = LandscapeConfig::new("rte", Path::new("."), 1);
+        let mut c = LandscapeConfig::new(Task::Rte, Path::new("."), 1);
         c.alpha = Range::parse("-0.5:1.5:9").unwrap(); // step 0.25
         let losses = [0.7, 0.6, 0.5, 0.6, 0.7, 1.0, 2.0, 1.0, 3.0];
         let rows: Vec<Row> = c

@@ -63,7 +63,7 @@ pub fn resolve_revision(config: &mut LandscapeConfig) -> Result<()> {
 /// Loads the model(s) and the evaluation set and builds the directions.
 pub fn prepare(config: &LandscapeConfig) -> Result<Prepared> {
     config.validate()?;
-    let task = config.task()?;
+    let task = config.task;
     let device = Device::Cpu;
     let num_labels = task.num_labels();
     let (theta1, start) = match config.directions {
@@ -104,7 +104,7 @@ pub fn prepare(config: &LandscapeConfig) -> Result<Prepared> {
     let dataset = Dataset::load(
         &config.data_dir,
         task,
-        config.split()?,
+        config.split,
         &theta1.tokenizer,
         config.max_len,
         Some(config.eval_examples),

@@ -90,10 +90,7 @@ pub fn rows_frame(config: &LandscapeConfig, rows: &[Row]) -> Result<DataFrame> {
     let mut rows: Vec<&Row> = rows.iter().collect();
     rows.sort_by_key(|r| r.point);
     let n = rows.len();
-    let metric_name = config
-        .task()
-        .map(metrics::primary_metric)
-        .unwrap_or("metric");
+    let metric_name = metrics::primary_metric(config.task);
     let u32s = |f: &dyn Fn(&Row) -> usize| rows.iter().map(|r| f(r) as u32).collect::<Vec<u32>>();
     let f64s = |f: &dyn Fn(&Row) -> f64| rows.iter().map(|r| f(r)).collect::<Vec<f64>>();
     let strs = |s: &str| vec![s.to_string(); n];
@@ -101,7 +98,7 @@ pub fn rows_frame(config: &LandscapeConfig, rows: &[Row]) -> Result<DataFrame> {
         Column::new("point".into(), u32s(&|r| r.point)),
         Column::new("alpha_index".into(), u32s(&|r| r.alpha_index)),
         Column::new("beta_index".into(), u32s(&|r| r.beta_index)),
-        Column::new("task".into(), strs(&config.task)),
+        Column::new("task".into(), strs(config.task.name())),
         Column::new("model".into(), strs(&config.model)),
         Column::new("directions".into(), strs(config.directions.name())),
         Column::new("alpha".into(), f64s(&|r| r.alpha)),
@@ -214,6 +211,7 @@ fn rows_of(df: &DataFrame) -> Result<Vec<Row>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Task;
     use crate::landscape::Range;
 
     /// Rows with two task metrics survive a write and a read, with the configuration and the
@@ -222,7 +220,7 @@ mod tests {
     fn rows_round_trip_through_parquet_with_their_metadata() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("landscape.shard-2-of-3.parquet");
-        let mut config = LandscapeConfig::new("mrpc", Path::new("glue"), 1);
+        let mut config = LandscapeConfig::new(Task::Mrpc, Path::new("glue"), 1);
         config.alpha = Range::parse("0:1:5").unwrap();
         let shard = Shard::parse("2/3").unwrap();
         let row = |point: usize, loss: f64| Row {
