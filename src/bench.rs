@@ -260,6 +260,6 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
             record(time_training(&method, &pretrained, &x, config)?);
         }
     }
-    report.peak_rss_mib = crate::memory::peak_rss_mib();
+    report.peak_rss_mib = crate::peak_rss::peak_rss_mib();
     Ok(report)
 }

@@ -13,7 +13,7 @@ pub mod grid;
 pub mod hub;
 pub mod kernels;
 pub mod landscape;
-pub mod memory;
+pub mod peak_rss;
 pub mod methods;
 pub mod metrics;
 pub mod model;

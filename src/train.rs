@@ -390,7 +390,7 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
         trainable_params: trainable,
         optimizer_state_bytes: optimizer.state_bytes(),
         gradient_state_bytes: trainable * 4,
-        peak_rss_mib: crate::memory::peak_rss_mib(),
+        peak_rss_mib: crate::peak_rss::peak_rss_mib(),
         seconds: seconds_before + started.elapsed().as_secs_f64(),
         version: env!("CARGO_PKG_VERSION").into(),
     };

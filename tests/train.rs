@@ -318,7 +318,13 @@ fn bad_settings_name_the_flag() {
         .output()
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && e.contains("train"), "{e}");
+    let missing = data.path().join("RTE/train.tsv");
+    assert!(
+        !o.status.success()
+            && e.contains("needs a train split")
+            && e.contains(&format!("{} not found", missing.display())),
+        "{e}"
+    );
 }
 
 /// A short real SIFT run on RTE lowers the training loss; the exported checkpoint evaluates to

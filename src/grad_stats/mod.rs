@@ -41,7 +41,7 @@ use crate::data::{Batch, BatchOrder, Dataset, Split, Task};
 pub use crate::gradients::{BatchGradients, GradientSource};
 use crate::model::{self, Pretrained, WeightMap};
 use crate::select::{compact_names, select_tensors};
-use crate::{budget, memory, progress};
+use crate::{budget, peak_rss, progress};
 
 use math::{MaskRatios, MaskSums, Moments, TopxCurve};
 
@@ -686,7 +686,7 @@ pub fn compute(config: &GradStatsConfig, progress: bool) -> Result<GradStatsRepo
         batches_done,
         interrupted,
         seconds: start.elapsed().as_secs_f64(),
-        peak_rss_mib: memory::peak_rss_mib(),
+        peak_rss_mib: peak_rss::peak_rss_mib(),
         headline,
     };
     Ok(GradStatsReport {
