@@ -593,12 +593,19 @@ fn cli_runs_and_redraws_from_parquet() {
         String::from_utf8_lossy(&redraw.stderr)
     );
     // Redrawn from the Parquet files alone, the figures are the run's own, byte for byte.
-    for file in ["fig3_gradients.svg", "fig4_mask_overlap.svg", "fig4_mask_overlap.png"] {
+    for file in [
+        "fig3_gradients.svg",
+        "fig4_mask_overlap.svg",
+        "fig4_mask_overlap.png",
+    ] {
         let (drawn, redrawn) = (
             std::fs::read(out.join(file)).unwrap(),
             std::fs::read(figures.join(file)).unwrap(),
         );
-        assert!(!drawn.is_empty() && drawn == redrawn, "{file} differs when redrawn");
+        assert!(
+            !drawn.is_empty() && drawn == redrawn,
+            "{file} differs when redrawn"
+        );
     }
 
     let bad = Command::new(bin)
