@@ -12,7 +12,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{drawing_err, Figure, FONT};
+use super::{draw_legend, drawing_err, Figure, FONT};
 
 /// θ1 (pretrained) and θ0 (from scratch): the colours every grad-stats figure uses.
 pub const MODEL_COLOURS: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(230, 110, 0)];
@@ -207,14 +207,7 @@ where
             .label(MODEL_LABELS[m])
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], colour.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .label_font((FONT, 15))
-        .draw()
-        .map_err(drawing_err)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 0.85, 15)?;
     Ok(())
 }
 
@@ -261,14 +254,7 @@ where
             sci(&hist.hi)
         ))
         .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], colour.filled()));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .label_font((FONT, 15))
-        .draw()
-        .map_err(drawing_err)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 0.85, 15)?;
     Ok(())
 }
 
@@ -345,14 +331,7 @@ where
                 }
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.4))
-        .label_font((FONT, 14))
-        .draw()
-        .map_err(drawing_err)?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 0.9, 14)?;
     Ok(())
 }
 
@@ -477,14 +456,7 @@ impl Figure for OverlapFigure {
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 8, y)], grey.stroke_width(2))
                 });
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK.mix(0.4))
-                .label_font((FONT, 14))
-                .draw()
-                .map_err(drawing_err)?;
+            draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 0.9, 14)?;
         }
         Ok(())
     }

@@ -107,6 +107,20 @@ pub struct Texts {
     pub metric_label: String,
 }
 
+impl Texts {
+    /// The area under the title and the subtitle.
+    fn titled<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<DrawingArea<DB, Shift>>
+    where
+        DB::ErrorType: 'static,
+    {
+        let area = root.titled(&self.title, (FONT, 26)).map_err(drawing_err)?;
+        area.titled(&self.subtitle, (FONT, 15)).map_err(drawing_err)
+    }
+}
+
 /// The range of finite values, widened by `pad` of its span (or ±0.5 when flat).
 fn padded_range(values: impl Iterator<Item = f64>, pad: f64) -> (f64, f64) {
     let (lo, hi) = values
@@ -192,12 +206,7 @@ impl Figure for LineFigure1d {
     where
         DB::ErrorType: 'static,
     {
-        let root = root
-            .titled(&self.texts.title, (FONT, 26))
-            .map_err(drawing_err)?;
-        let root = root
-            .titled(&self.texts.subtitle, (FONT, 15))
-            .map_err(drawing_err)?;
+        let root = self.texts.titled(root)?;
         let (a0, a1) = (self.alphas[0], *self.alphas.last().unwrap());
         let (a0, a1) = if a1 > a0 {
             (a0, a1)
@@ -384,12 +393,7 @@ impl Figure for HeatmapFigure {
     where
         DB::ErrorType: 'static,
     {
-        let root = root
-            .titled(&self.texts.title, (FONT, 26))
-            .map_err(drawing_err)?;
-        let root = root
-            .titled(&self.texts.subtitle, (FONT, 15))
-            .map_err(drawing_err)?;
+        let root = self.texts.titled(root)?;
         let (w, _) = root.dim_in_pixel();
         let (main, bar) = root.split_horizontally(w.saturating_sub(150));
         let (xe, ye) = (cell_edges(&self.alphas), cell_edges(&self.betas));
@@ -509,12 +513,7 @@ impl Figure for SurfaceFigure {
     where
         DB::ErrorType: 'static,
     {
-        let root = root
-            .titled(&self.texts.title, (FONT, 26))
-            .map_err(drawing_err)?;
-        let root = root
-            .titled(&self.texts.subtitle, (FONT, 15))
-            .map_err(drawing_err)?;
+        let root = self.texts.titled(root)?;
         let (a0, a1) = (self.alphas[0], *self.alphas.last().unwrap());
         let (b0, b1) = (self.betas[0], *self.betas.last().unwrap());
         let (lo, hi) = z_range(&self.z);

@@ -71,6 +71,27 @@ pub fn save(figure: &impl Figure, stem: &Path) -> Result<Vec<PathBuf>> {
     Ok(vec![png, svg])
 }
 
+/// The series legend every figure draws: a white box with a grey border in a corner.
+pub fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    background_alpha: f64,
+    font_size: u32,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(background_alpha))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FONT, font_size))
+        .draw()
+        .map_err(drawing_err)?;
+    Ok(())
+}
+
 /// Converts a plotters drawing error into anyhow, for `?` inside [`Figure::draw`].
 pub fn drawing_err<E: std::error::Error + Send + Sync + 'static>(
     e: DrawingAreaErrorKind<E>,
