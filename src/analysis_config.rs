@@ -77,9 +77,17 @@ pub fn command_line(path: &Path) -> Result<Vec<String>> {
     Ok(line)
 }
 
-/// The line (1-based) of every `[args]` key in the config's text, as the flag it becomes:
-/// `("--max-len", 12)`. Errors about a flag can then name the line that set it.
-pub fn flag_lines(path: &Path) -> Result<Vec<(String, usize)>> {
+/// Where an `[args]` key sits in a config: the flag it becomes, its 1-based line, the line's text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlagLine {
+    pub flag: String,
+    pub line: usize,
+    pub text: String,
+}
+
+/// Every `[args]` key of the config with its line: errors about a flag can then name the line
+/// that set it.
+pub fn flag_lines(path: &Path) -> Result<Vec<FlagLine>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut in_args = false;
@@ -96,7 +104,11 @@ pub fn flag_lines(path: &Path) -> Result<Vec<(String, usize)>> {
         if let Some((key, _)) = line.split_once('=') {
             let key = key.trim().trim_matches('"');
             if !key.is_empty() {
-                lines.push((format!("--{}", key.replace('_', "-")), i + 1));
+                lines.push(FlagLine {
+                    flag: format!("--{}", key.replace('_', "-")),
+                    line: i + 1,
+                    text: line.to_string(),
+                });
             }
         }
     }
@@ -105,7 +117,7 @@ pub fn flag_lines(path: &Path) -> Result<Vec<(String, usize)>> {
 
 /// `error` with the config line that set the flag it names (the first one it mentions), so an
 /// error from a config run points into the file, not only at a flag nobody typed.
-pub fn locate_error(error: anyhow::Error, path: &Path, lines: &[(String, usize)]) -> anyhow::Error {
+pub fn locate_error(error: anyhow::Error, path: &Path, lines: &[FlagLine]) -> anyhow::Error {
     let text = format!("{error:#}");
     let mentions = |flag: &str| {
         text.match_indices(flag).map(|(at, _)| at).find(|&at| {
@@ -116,16 +128,16 @@ pub fn locate_error(error: anyhow::Error, path: &Path, lines: &[(String, usize)]
     };
     let first = lines
         .iter()
-        .filter_map(|(flag, line)| mentions(flag).map(|at| (at, flag, line)))
-        .min();
+        .filter_map(|l| mentions(&l.flag).map(|at| (at, l)))
+        .min_by_key(|(at, _)| *at);
     match first {
-        Some((_, flag, line)) => {
-            let key = flag.trim_start_matches("--").replace('-', "_");
-            error.context(format!(
-                "{}, line {line}: the value of `{key}` (flag {flag})",
-                path.display()
-            ))
-        }
+        Some((_, l)) => error.context(format!(
+            "{}, line {}: `{}` (flag {})",
+            path.display(),
+            l.line,
+            l.text,
+            l.flag
+        )),
         None => error.context(format!("running {}", path.display())),
     }
 }
@@ -170,13 +182,14 @@ mod tests {
         )
         .unwrap();
         let lines = flag_lines(&path).unwrap();
+        let found: Vec<(&str, usize)> = lines.iter().map(|l| (l.flag.as_str(), l.line)).collect();
         assert_eq!(
-            lines,
+            found,
             [
-                ("--task".to_string(), 4),
-                ("--lr".to_string(), 5),
-                ("--lr-scale".to_string(), 6),
-                ("--max-len".to_string(), 7)
+                ("--task", 4),
+                ("--lr", 5),
+                ("--lr-scale", 6),
+                ("--max-len", 7)
             ]
         );
         let err = locate_error(
@@ -186,7 +199,7 @@ mod tests {
         );
         let text = format!("{err:#}");
         assert!(
-            text.contains("run.toml, line 7: the value of `max_len`"),
+            text.contains("run.toml, line 7: `max_len = 0` (flag --max-len)"),
             "{text}"
         );
         // --lr-scale is not --lr.

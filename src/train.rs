@@ -65,8 +65,11 @@ impl TrainConfig {
         if self.method == MethodKind::Lora && self.lora_rank == 0 {
             bail!("--lora-rank 0: the rank must be at least 1");
         }
-        if self.epochs == 0 || self.batch_size == 0 {
-            bail!("--epochs and --batch-size must be at least 1");
+        if self.epochs == 0 {
+            bail!("--epochs 0: must be at least 1");
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size 0: must be at least 1");
         }
         if self.selection_batches == 0 {
             bail!("--selection-batches must be at least 1");

@@ -860,7 +860,10 @@ fn grad_stats_bench_and_configs_refuse_bad_input() {
     let config = root.join("bad.toml");
     std::fs::write(
         &config,
-        "# a train run with a bad length\ncommand = \"eval\"\n[args]\ntask = \"rte\"\nlimit = 4\nmax_len = 0\n",
+        format!(
+            "# an eval with a bad length\ncommand = \"eval\"\n[args]\ntask = \"rte\"\nlimit = 4\nmax_len = 0\ndata_dir = {:?}\n",
+            glue().display().to_string()
+        ),
     )
     .unwrap();
     let bad_value = root.join("bad-value.toml");
@@ -913,9 +916,8 @@ fn grad_stats_bench_and_configs_refuse_bad_input() {
             args: vec!["run".into(), config.clone().into()],
             code: 1,
             says: vec![
-                format!("{}, line 6", config.display()),
-                "max_len".into(),
-                "--max-len 0".into(),
+                format!("{}, line 6: `max_len = 0`", config.display()),
+                "--max-len 0: must be at least 8".into(),
             ],
         },
         Case {
