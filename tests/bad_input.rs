@@ -570,6 +570,7 @@ fn ctrl_c_stops_every_command_with_exit_130() {
     );
     let mut child = sift_lab()
         .args(&args)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -607,6 +608,54 @@ fn ctrl_c_stops_every_command_with_exit_130() {
     assert_eq!(status.code(), Some(130));
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(!preds.exists());
+
+    // landscape: stops after the current point, keeps the finished ones.
+    let out = tmp.path().join("landscape");
+    let args = landscape_args(&out, &[("--alpha", "0:1:200"), ("--jobs", "1")]);
+    let mut child = sift_lab()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, "[1/200]");
+    interrupt(&child);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let file = sift_lab::landscape::read_file(&out.join("landscape.parquet")).unwrap();
+    assert!(!file.rows.is_empty() && file.rows.len() < 200);
+
+    // grad-stats: stops after the current batch, writes the tables of the finished ones.
+    let out = tmp.path().join("grad-stats");
+    let mut child = sift_lab()
+        .args([
+            "grad-stats",
+            "--task",
+            "rte",
+            "--batches",
+            "5000",
+            "--batch-size",
+            "4",
+        ])
+        .args([
+            "--max-len",
+            "32",
+            "--tensors",
+            "encoder.layer.0.attention.self.value.weight",
+        ])
+        .arg("--data-dir")
+        .arg(glue())
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    interrupt(&child);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["interrupted"], true, "{summary}");
 }
 
 /// The columns of metrics.parquet that do not depend on timing.
