@@ -53,14 +53,14 @@ pub fn ensure_absent(paths: &[PathBuf], advice: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `dir` is missing or holds nothing but lock files.
+/// Whether `dir` is missing or holds nothing at all.
 pub fn is_empty_dir(dir: &Path) -> Result<bool> {
     if !dir.exists() {
         return Ok(true);
     }
     let mut entries =
         std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
-    Ok(entries.all(|e| e.is_ok_and(|e| crate::run_lock::is_lock_file(&e.path()))))
+    Ok(entries.next().is_none())
 }
 
 /// Writes `value` as pretty JSON to `path`, atomically.

@@ -860,11 +860,8 @@ fn export_checkpoint(
         std::fs::copy(tokenizer, tmp.join("tokenizer.json"))
             .with_context(|| format!("copying {}", tokenizer.display()))?;
     }
-    if dir.exists() && output::is_empty_dir(dir)? {
-        // Only lock files (or nothing): make room for the rename.
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("removing empty {}", dir.display()))?;
-    }
+    // rename(2) moves a directory onto a missing or empty one, and fails on one that holds
+    // anything, so a directory filled meanwhile (by another run) is never replaced.
     std::fs::rename(&tmp, dir).map_err(|e| {
         let _ = std::fs::remove_dir_all(&tmp);
         anyhow::anyhow!(
