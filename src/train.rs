@@ -145,7 +145,7 @@ struct Checkpoint {
     rows: Vec<MetricRow>,
     epochs: Vec<EpochResult>,
     seconds: f64,
-    /// The divergence rule's reference loss, once its first steps are done.
+    /// The divergence rule's state: the first loss and the steps above its limit so far.
     #[serde(default)]
     divergence: Divergence,
 }
