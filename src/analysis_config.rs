@@ -77,6 +77,71 @@ pub fn command_line(path: &Path) -> Result<Vec<String>> {
     Ok(line)
 }
 
+/// Where an `[args]` key sits in a config: the flag it becomes, its 1-based line, the line's text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlagLine {
+    pub flag: String,
+    pub line: usize,
+    pub text: String,
+}
+
+/// Every `[args]` key of the config with its line: errors about a flag can then name the line
+/// that set it.
+pub fn flag_lines(path: &Path) -> Result<Vec<FlagLine>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut in_args = false;
+    let mut lines = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            in_args = line.trim_start_matches('[').trim_end_matches(']').trim() == "args";
+            continue;
+        }
+        if !in_args || line.starts_with('#') {
+            continue;
+        }
+        if let Some((key, _)) = line.split_once('=') {
+            let key = key.trim().trim_matches('"');
+            if !key.is_empty() {
+                lines.push(FlagLine {
+                    flag: format!("--{}", key.replace('_', "-")),
+                    line: i + 1,
+                    text: line.to_string(),
+                });
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// `error` with the config line that set the flag it names (the first one it mentions), so an
+/// error from a config run points into the file, not only at a flag nobody typed.
+pub fn locate_error(error: anyhow::Error, path: &Path, lines: &[FlagLine]) -> anyhow::Error {
+    let text = format!("{error:#}");
+    let mentions = |flag: &str| {
+        text.match_indices(flag).map(|(at, _)| at).find(|&at| {
+            // Whole flags only: --lr is not --lr-schedule.
+            let next = text[at + flag.len()..].chars().next();
+            !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+    };
+    let first = lines
+        .iter()
+        .filter_map(|l| mentions(&l.flag).map(|at| (at, l)))
+        .min_by_key(|(at, _)| *at);
+    match first {
+        Some((_, l)) => error.context(format!(
+            "{}, line {}: `{}` (flag {})",
+            path.display(),
+            l.line,
+            l.text,
+            l.flag
+        )),
+        None => error.context(format!("running {}", path.display())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +170,41 @@ mod tests {
                 "--yes"
             ]
         );
+    }
+
+    #[test]
+    fn an_error_about_a_flag_names_the_line_that_set_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(
+            &path,
+            "# a comment\ncommand = \"train\"\n[args]\ntask = \"rte\"\nlr = 0.1\nlr_scale = 2\nmax_len = 0\n",
+        )
+        .unwrap();
+        let lines = flag_lines(&path).unwrap();
+        let found: Vec<(&str, usize)> = lines.iter().map(|l| (l.flag.as_str(), l.line)).collect();
+        assert_eq!(
+            found,
+            [
+                ("--task", 4),
+                ("--lr", 5),
+                ("--lr-scale", 6),
+                ("--max-len", 7)
+            ]
+        );
+        let err = locate_error(
+            anyhow::anyhow!("--max-len 0: must be at least 8"),
+            &path,
+            &lines,
+        );
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("run.toml, line 7: `max_len = 0` (flag --max-len)"),
+            "{text}"
+        );
+        // --lr-scale is not --lr.
+        let err = locate_error(anyhow::anyhow!("--lr-scale 2: no"), &path, &lines);
+        assert!(format!("{err:#}").contains("line 6"), "{err:#}");
     }
 
     #[test]

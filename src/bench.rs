@@ -191,6 +191,21 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let device = Device::Cpu;
     let num_labels = config.task.as_ref().map_or(2, |(t, _)| t.num_labels());
     let pretrained = model::load_pretrained(&config.model, None, num_labels, 0, &device)?;
+    let limit = pretrained.max_positions();
+    if config.seq_len > limit {
+        bail!(
+            "--seq-len {}: the model takes at most {limit} tokens (max_position_embeddings in {})",
+            config.seq_len,
+            pretrained.files.config.display()
+        );
+    }
+    if config.task.is_some() && config.seq_len < crate::data::MIN_MAX_LEN {
+        bail!(
+            "--seq-len {}: with --task the rows are real examples, truncated to --seq-len tokens: give at least {}",
+            config.seq_len,
+            crate::data::MIN_MAX_LEN
+        );
+    }
     let x = inputs(config, &pretrained, &device)?;
     let head = model::weights::head_names(&pretrained.config, num_labels)?;
     let targets = select::target_names("q,k,v,o", &pretrained.config)?;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::backprop;
 use crate::data::{BatchOrder, Dataset, Label, Split, Task};
 use crate::model::{self, SequenceClassifier};
+use crate::run_lock::RunLock;
 use crate::{metrics, output};
 
 #[derive(Debug, Clone)]
@@ -129,7 +130,10 @@ pub fn evaluate(
     device: &Device,
     progress: bool,
 ) -> Result<(Scores, Predictions)> {
-    let n_batches = dataset.len().div_ceil(batch_size.max(1));
+    anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
+    // A metric of no examples is not a number.
+    anyhow::ensure!(!dataset.is_empty(), "no examples to evaluate");
+    let n_batches = dataset.len().div_ceil(batch_size);
     let bar = if progress {
         crate::progress::bar(n_batches as u64, "batches")
     } else {
@@ -186,6 +190,22 @@ pub fn write_predictions(path: &Path, report: &EvalReport) -> Result<()> {
 /// the predictions file when `options` asks for one.
 pub fn run(config: &EvalConfig, options: &EvalOptions) -> Result<EvalReport> {
     let start = Instant::now();
+    anyhow::ensure!(config.batch_size > 0, "--batch-size 0: must be at least 1");
+    if config.limit == Some(0) {
+        anyhow::bail!("--limit 0: keeps no examples, and a metric of no examples is not a number; give at least 1 (or leave it out for all)");
+    }
+    // The predictions file: one writer, and never over an earlier one. Checked before any work.
+    let _lock = match &options.predictions {
+        Some(path) => {
+            let lock = RunLock::file(path)?;
+            output::ensure_absent(
+                std::slice::from_ref(path),
+                "choose another --predictions file, or remove this one",
+            )?;
+            Some(lock)
+        }
+        None => None,
+    };
     let device = Device::Cpu;
     let pretrained = model::load_pretrained(
         &config.model,
@@ -194,6 +214,7 @@ pub fn run(config: &EvalConfig, options: &EvalOptions) -> Result<EvalReport> {
         config.seed,
         &device,
     )?;
+    pretrained.check_max_len(config.max_len)?;
     let dataset = Dataset::load(
         &config.data_dir,
         config.task,

@@ -21,5 +21,6 @@ pub mod output;
 pub mod peak_rss;
 pub mod plot;
 pub mod progress;
+pub mod run_lock;
 pub mod select;
 pub mod train;

@@ -15,7 +15,7 @@ use sift_lab::{analysis_config, bench, eval, grad_stats, hub, landscape, train};
     about = "Sparse fine-tuning of pretrained language models: the analyses and experiments of SIFT (Song et al., ICML 2024)"
 )]
 struct Cli {
-    /// Worker threads for tensor kernels (default: all cores).
+    /// Worker threads for tensor kernels, at least 1 (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -364,23 +364,36 @@ fn main() -> Result<()> {
     // Keep freed pages instead of returning them to the OS after 10 ms: a training step frees
     // and reallocates gigabytes, and re-faulting (zeroing) those pages cost a quarter of it.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    let mut cli = Cli::parse();
-    if let Command::Run { config } = &cli.command {
-        let config = config.clone();
-        // The config stands for a command line: parse it exactly as if it had been typed.
-        let mut line = vec!["sift-lab".to_string()];
-        if let Some(threads) = cli.threads {
-            line.extend(["--threads".to_string(), threads.to_string()]);
-        }
-        line.extend(analysis_config::command_line(&config)?);
-        eprintln!("{}: {}", config.display(), line[1..].join(" "));
-        cli =
-            Cli::try_parse_from(&line).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-        if matches!(cli.command, Command::Run { .. }) {
-            bail!("{}: a config cannot run another config", config.display());
-        }
-    }
+    // Every command exits 130 on Ctrl-C (see progress.rs).
+    sift_lab::progress::install_interrupt_handler();
+    let cli = Cli::parse();
+    let Command::Run { config } = &cli.command else {
+        return run(cli);
+    };
+    let config = config.clone();
+    // The config stands for a command line: parse it exactly as if it had been typed.
+    let mut line = vec!["sift-lab".to_string()];
     if let Some(threads) = cli.threads {
+        line.extend(["--threads".to_string(), threads.to_string()]);
+    }
+    line.extend(analysis_config::command_line(&config)?);
+    eprintln!("{}: {}", config.display(), line[1..].join(" "));
+    // An error about a flag names the config line that set it.
+    let lines = analysis_config::flag_lines(&config)?;
+    let located = |e: anyhow::Error| analysis_config::locate_error(e, &config, &lines);
+    let cli = Cli::try_parse_from(&line).map_err(|e| located(anyhow::anyhow!("{e}")))?;
+    if matches!(cli.command, Command::Run { .. }) {
+        bail!("{}: a config cannot run another config", config.display());
+    }
+    run(cli).map_err(located)
+}
+
+/// Runs one parsed command.
+fn run(cli: Cli) -> Result<()> {
+    if let Some(threads) = cli.threads {
+        if threads == 0 {
+            bail!("--threads 0: give at least 1, or leave --threads out to use every core");
+        }
         // candle's kernels and rayon both read this; set before either starts a thread.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
@@ -461,10 +474,21 @@ fn main() -> Result<()> {
             };
             let report = train::run(&config, &options)?;
             println!("{}", serde_json::to_string_pretty(&report.summary)?);
+            if report.summary.status == "interrupted" {
+                eprintln!(
+                    "interrupted: completed epochs are saved; rerun with --resume to continue"
+                );
+                std::process::exit(sift_lab::progress::INTERRUPTED_EXIT_CODE);
+            }
         }
         Command::GradStats(args) => {
             let figures_dir = args.figures_dir.unwrap_or_else(|| args.out.clone());
             if args.plot_only {
+                // Not while a run is writing the tables.
+                let _lock = match args.out.is_dir() {
+                    true => Some(sift_lab::run_lock::RunLock::dir(&args.out)?),
+                    false => None,
+                };
                 for path in grad_stats::draw_figures(&args.out, &figures_dir)? {
                     eprintln!("wrote {}", path.display());
                 }
@@ -498,6 +522,10 @@ fn main() -> Result<()> {
                     eprintln!("wrote {}", path.display());
                 }
                 println!("{}", report.summary.render());
+                if report.summary.interrupted {
+                    eprintln!("interrupted: the tables hold the batches finished before Ctrl-C");
+                    std::process::exit(sift_lab::progress::INTERRUPTED_EXIT_CODE);
+                }
             }
         }
         Command::Landscape(args) => {
@@ -575,7 +603,7 @@ fn main() -> Result<()> {
             }
             if report.interrupted {
                 eprintln!("interrupted: the finished points are saved; rerun with --resume to compute the rest");
-                std::process::exit(130);
+                std::process::exit(sift_lab::progress::INTERRUPTED_EXIT_CODE);
             }
         }
         Command::Merge(args) => {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use polars::prelude::{DataFrame, KeyValueMetadata, ParquetReader, ParquetWriter, SerReader};
@@ -39,6 +39,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Refuses to write over earlier results: an error naming the first of `paths` that exists,
+/// with `advice` (what to do instead, e.g. "choose another --out").
+pub fn ensure_absent(paths: &[PathBuf], advice: &str) -> Result<()> {
+    if let Some(path) = paths.iter().find(|p| p.exists()) {
+        bail!(
+            "{} already exists; sift-lab does not overwrite earlier results: {advice}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `dir` is missing or holds nothing at all.
+pub fn is_empty_dir(dir: &Path) -> Result<bool> {
+    if !dir.exists() {
+        return Ok(true);
+    }
+    let mut entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    Ok(entries.next().is_none())
 }
 
 /// Writes `value` as pretty JSON to `path`, atomically.

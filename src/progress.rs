@@ -18,21 +18,38 @@ pub fn bar(total: u64, unit: &str) -> ProgressBar {
     bar
 }
 
-static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+/// The exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
+pub const INTERRUPTED_EXIT_CODE: i32 = 130;
 
-/// Installs the Ctrl-C handler (once) and returns whether Ctrl-C has been pressed since.
-/// A second Ctrl-C exits at once.
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+/// Set once a loop polls [`interrupted`]: from then on Ctrl-C asks it to stop after its unit of
+/// work; before, nothing would notice the flag, so Ctrl-C exits at once.
+static POLLED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the Ctrl-C handler (idempotent). The CLI calls it first thing, so every command
+/// stops with exit status 130 on Ctrl-C: at once where nothing is half-written, after the
+/// current unit of work where a loop polls [`interrupted`]. A second Ctrl-C exits at once.
+pub fn install_interrupt_handler() -> Arc<AtomicBool> {
+    INTERRUPTED
+        .get_or_init(|| {
+            let flag = Arc::new(AtomicBool::new(false));
+            let handler_flag = flag.clone();
+            let _ = ctrlc::set_handler(move || {
+                if handler_flag.swap(true, Ordering::SeqCst) || !POLLED.load(Ordering::SeqCst) {
+                    eprintln!("\ninterrupted");
+                    std::process::exit(INTERRUPTED_EXIT_CODE);
+                }
+                eprintln!("\ninterrupted: finishing the current unit of work and saving results (Ctrl-C again to abort)");
+            });
+            flag
+        })
+        .clone()
+}
+
+/// Whether Ctrl-C has been pressed since the handler was installed (installing it if needed).
+/// Calling it makes Ctrl-C graceful: the caller promises to poll and stop.
 pub fn interrupted() -> bool {
-    let flag = INTERRUPTED.get_or_init(|| {
-        let flag = Arc::new(AtomicBool::new(false));
-        let handler_flag = flag.clone();
-        let _ = ctrlc::set_handler(move || {
-            if handler_flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupted: finishing the current unit of work and saving results (Ctrl-C again to abort)");
-        });
-        flag
-    });
+    let flag = install_interrupt_handler();
+    POLLED.store(true, Ordering::SeqCst);
     flag.load(Ordering::SeqCst)
 }

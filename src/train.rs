@@ -21,6 +21,7 @@ use crate::gradients::GradientSource;
 use crate::methods::{FineTuning, MethodKind};
 use crate::model::{self, Pretrained};
 use crate::optim::{self, AdamW, AdamWConfig};
+use crate::run_lock::RunLock;
 use crate::select;
 use crate::{eval, output, progress};
 
@@ -64,8 +65,11 @@ impl TrainConfig {
         if self.method == MethodKind::Lora && self.lora_rank == 0 {
             bail!("--lora-rank 0: the rank must be at least 1");
         }
-        if self.epochs == 0 || self.batch_size == 0 {
-            bail!("--epochs and --batch-size must be at least 1");
+        if self.epochs == 0 {
+            bail!("--epochs 0: must be at least 1");
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size 0: must be at least 1");
         }
         if self.selection_batches == 0 {
             bail!("--selection-batches must be at least 1");
@@ -75,6 +79,16 @@ impl TrainConfig {
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr {}: must be a positive number", self.lr);
+        }
+        crate::data::check_max_len_flag(self.max_len)?;
+        if self.train_limit == Some(0) {
+            bail!("--train-limit 0: keeps no training examples; give at least 1 (or leave it out for all)");
+        }
+        if self.eval_limit == Some(0) {
+            bail!("--eval-limit 0: keeps no dev examples, so no epoch could be scored; give at least 1 (or leave it out for all)");
+        }
+        if self.log_every == 0 {
+            bail!("--log-every 0: give at least 1 (a training-loss row every N steps)");
         }
         Ok(())
     }
@@ -131,6 +145,63 @@ struct Checkpoint {
     rows: Vec<MetricRow>,
     epochs: Vec<EpochResult>,
     seconds: f64,
+    /// The divergence rule's state: the first loss and the steps above its limit so far.
+    #[serde(default)]
+    divergence: Divergence,
+}
+
+/// The divergence rule: a run has diverged when a training loss is not finite, or when it
+/// exceeds `DIVERGENCE_FACTOR` × max(L₁, ln C) on `DIVERGENCE_PATIENCE` consecutive steps, L₁
+/// being the run's first loss (at the starting weights, before any update, so a learning rate
+/// that blows up the very next step cannot raise the bar) and ln C the loss of a uniform guess
+/// over C classes (0 for regression), a floor so that a lucky first batch cannot lower it.
+/// For a binary task that starts at 0.69: above 6.9 for 3 steps in a row, i.e. confidently
+/// wrong almost everywhere.
+pub const DIVERGENCE_FACTOR: f64 = 10.0;
+pub const DIVERGENCE_PATIENCE: usize = 3;
+
+/// The state of the divergence rule along a run (saved with every checkpoint).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Divergence {
+    /// ln C of the task.
+    pub floor: f64,
+    /// The run's first loss, once seen.
+    pub first_loss: Option<f64>,
+    /// Consecutive steps above the limit.
+    pub steps_above: usize,
+}
+
+impl Divergence {
+    pub fn new(num_labels: usize) -> Divergence {
+        Divergence {
+            floor: (num_labels.max(1) as f64).ln(),
+            ..Default::default()
+        }
+    }
+
+    /// Records one step's loss; returns why the run has diverged, if it has.
+    pub fn observe(&mut self, loss: f64) -> Option<String> {
+        if !loss.is_finite() {
+            return Some(format!("the loss is {loss}"));
+        }
+        let Some(first) = self.first_loss else {
+            self.first_loss = Some(loss);
+            return None;
+        };
+        let limit = DIVERGENCE_FACTOR * first.max(self.floor);
+        if loss > limit {
+            self.steps_above += 1;
+        } else {
+            self.steps_above = 0;
+        }
+        (self.steps_above >= DIVERGENCE_PATIENCE).then(|| {
+            format!(
+                "the loss ({loss:.4e}) stayed above {limit:.4} ({DIVERGENCE_FACTOR} × max(first \
+                 loss {first:.4}, ln C {:.4})) for {DIVERGENCE_PATIENCE} steps",
+                self.floor
+            )
+        })
+    }
 }
 
 /// Where a run writes and how it proceeds: nothing here changes its numbers, so none of it is
@@ -172,11 +243,34 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
         options.resume,
     );
     config.validate()?;
+    if let Some(dir) = export_hf {
+        check_export_dir(dir, out, &config.model)?;
+    }
+    // One writer per run directory, from before the first read of its state to the end.
+    let _lock = RunLock::dir(out)?;
     let started = Instant::now();
     let device = Device::Cpu;
     let task = config.task;
     let pretrained =
         model::load_pretrained(&config.model, None, task.num_labels(), config.seed, &device)?;
+    pretrained.check_max_len(config.max_len)?;
+
+    let state_dir = out.join("state");
+    let previous = read_checkpoint(&state_dir)?;
+    match (&previous, resume) {
+        (Some(_), false) => bail!("{} already holds a run: pass --resume to continue it, or choose another --out", out.display()),
+        (Some(p), true) if p.config != *config => bail!("--resume: {} was started with other settings ({}); rerun with the same flags or another --out", out.display(), output::describe_differences(&output::config_differences(&p.config, config)?)),
+        (None, false) => output::ensure_absent(
+            &[out.join("metrics.parquet"), summary_path(out), out.join(DELTA_FILE)],
+            "choose another --out (this directory holds results of an earlier run)",
+        )?,
+        _ => {}
+    }
+    // A finished run resumed: nothing to train, and its files stay as they are.
+    let finished = previous
+        .as_ref()
+        .is_some_and(|p| p.epochs_completed >= config.epochs);
+
     let train = Dataset::load(
         &config.data_dir,
         task,
@@ -184,8 +278,7 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
         &pretrained.tokenizer,
         config.max_len,
         config.train_limit,
-    )
-    .context("the task needs a train split (train.tsv) to fine-tune")?;
+    )?;
     let dev = Dataset::load(
         &config.data_dir,
         task,
@@ -194,21 +287,6 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
         config.max_len,
         config.eval_limit,
     )?;
-    if train.is_empty() {
-        bail!(
-            "{}: the train split has no examples",
-            config.data_dir.display()
-        );
-    }
-
-    let state_dir = out.join("state");
-    let previous = read_checkpoint(&state_dir)?;
-    match (&previous, resume) {
-        (Some(_), false) => bail!("{} already holds a run: pass --resume to continue it, or choose another --out", out.display()),
-        (Some(p), true) if p.config != *config => bail!("--resume: {} was started with other settings ({}); rerun with the same flags or another --out", out.display(), output::describe_differences(&output::config_differences(&p.config, config)?)),
-        _ => {}
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
 
     let head = model::weights::head_names(&pretrained.config, pretrained.num_labels)?;
     let method = build_method(
@@ -225,25 +303,46 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
             ..Default::default()
         },
     )?;
-    let (mut rows, mut epochs, mut steps, first_epoch, seconds_before) = match &previous {
-        Some(p) => {
-            restore_optimizer(&mut optimizer, &state_dir)?;
-            eprintln!(
-                "resuming {} after epoch {} (step {})",
-                out.display(),
-                p.epochs_completed,
-                p.steps
-            );
-            (
-                p.rows.clone(),
-                p.epochs.clone(),
-                p.steps,
-                p.epochs_completed,
-                p.seconds,
-            )
-        }
-        None => (vec![], vec![], 0, 0, 0.0),
-    };
+    let (mut rows, mut epochs, mut steps, first_epoch, seconds_before, mut divergence) =
+        match &previous {
+            Some(p) => {
+                restore_optimizer(&mut optimizer, &state_dir)?;
+                if finished {
+                    eprintln!(
+                        "{} is already complete ({} of {} epochs): nothing to do",
+                        out.display(),
+                        p.epochs_completed,
+                        config.epochs
+                    );
+                } else {
+                    eprintln!(
+                        "resuming {} after epoch {} (step {})",
+                        out.display(),
+                        p.epochs_completed,
+                        p.steps
+                    );
+                }
+                (
+                    p.rows.clone(),
+                    p.epochs.clone(),
+                    p.steps,
+                    p.epochs_completed,
+                    p.seconds,
+                    Divergence {
+                        floor: Divergence::new(task.num_labels()).floor,
+                        ..p.divergence.clone()
+                    },
+                )
+            }
+            None => (
+                vec![],
+                vec![],
+                0,
+                0,
+                0.0,
+                Divergence::new(task.num_labels()),
+            ),
+        };
 
     let trainable = method.trainable_count()?;
     let batches_per_epoch = train.num_batches(config.batch_size);
@@ -278,10 +377,10 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
                 &batch.attention_mask,
                 &batch.labels,
             )?;
-            if !loss_value.is_finite() {
+            if let Some(why) = divergence.observe(loss_value) {
                 status = "diverged";
                 bar.abandon();
-                eprintln!("training diverged at epoch {} step {steps}: loss {loss_value}; lower --lr (now {}). Results so far are in {}", epoch + 1, config.lr, out.display());
+                eprintln!("training diverged at epoch {} step {}: {why}; lower --lr (now {}). Completed epochs are kept in {}", epoch + 1, steps + 1, config.lr, out.display());
                 break 'epochs;
             }
             let mut gradients = optimizer.gradients(&grads)?;
@@ -328,6 +427,12 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
 
         let classifier = pretrained.build(&method.merged()?)?;
         let (scores, _) = eval::evaluate(&classifier, &dev, 64, &device, false)?;
+        if !scores.mean_loss.is_finite() {
+            // Not a completed epoch: nothing of it is kept, and the run stops.
+            status = "diverged";
+            eprintln!("training diverged in epoch {}: the dev loss is {}; lower --lr (now {}). Completed epochs are kept in {}", epoch + 1, scores.mean_loss, config.lr, out.display());
+            break 'epochs;
+        }
         eprintln!(
             "epoch {}: train loss {:.4}, dev loss {:.4}, {}",
             epoch + 1,
@@ -358,25 +463,39 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
             rows: rows.clone(),
             epochs: epochs.clone(),
             seconds: seconds_before + started.elapsed().as_secs_f64(),
+            divergence: divergence.clone(),
         };
         write_checkpoint(&state_dir, &checkpoint, &method, &optimizer)?;
         write_metrics(out, &rows, config)?;
     }
 
-    write_metrics(out, &rows, config)?;
-    let (tensors, meta) = method.delta_tensors()?;
-    write_safetensors(&tensors, meta, &out.join("delta.safetensors"))?;
-    if let Some(dir) = export_hf {
-        model::weights::save_hf_checkpoint(
+    if status == "diverged" && !epochs.is_empty() {
+        // The weights after a divergence are garbage: go back to the last completed epoch.
+        restore_values(&method, &state_dir)?;
+    }
+    // A diverged run with no completed epoch has no increment worth keeping.
+    let keep_weights = !(status == "diverged" && epochs.is_empty());
+    if let Some(dir) = export_hf.filter(|_| keep_weights) {
+        let base = crate::hub::resolve(&config.model)?;
+        export_checkpoint(
             &method.merged()?,
-            &pretrained.files.config,
-            pretrained.num_labels,
+            &pretrained,
+            base.tokenizer.as_deref(),
             dir,
         )?;
-        let base = crate::hub::resolve(&config.model)?;
-        if let Some(tokenizer) = base.tokenizer {
-            std::fs::copy(&tokenizer, dir.join("tokenizer.json"))?;
+    }
+    if finished {
+        if let Ok(stored) = read_summary(out) {
+            return Ok(TrainReport {
+                summary: stored,
+                metrics: rows,
+            });
         }
+    }
+    write_metrics(out, &rows, config)?;
+    if keep_weights {
+        let (tensors, meta) = method.delta_tensors()?;
+        write_safetensors(&tensors, meta, &out.join(DELTA_FILE))?;
     }
     let best = best_epoch(&epochs, primary);
     let summary = TrainSummary {
@@ -397,8 +516,15 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
     output::write_json(&summary_path(out), &summary)?;
     if status == "diverged" {
         bail!(
-            "training diverged (loss is not finite); lower --lr. Completed epochs are in {}",
-            out.display()
+            "training diverged; lower --lr (now {}). {} completed epoch(s) are kept in {}{}",
+            config.lr,
+            epochs.len(),
+            out.display(),
+            if keep_weights {
+                ""
+            } else {
+                " (no delta.safetensors: no epoch completed)"
+            }
         );
     }
     Ok(TrainReport {
@@ -605,8 +731,7 @@ fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
 
 fn load_state(dir: &Path) -> Result<HashMap<String, Tensor>> {
     let path = dir.join("state.safetensors");
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .with_context(|| format!("reading {}", path.display()))
+    model::weights::read_safetensors(&path, &Device::Cpu)
 }
 
 fn saved_selection(dir: &Path, targets: &[String]) -> Result<BTreeMap<String, Vec<u32>>> {
@@ -663,24 +788,102 @@ fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
+/// The increment file of a run directory.
+pub const DELTA_FILE: &str = "delta.safetensors";
+
 /// Where a run's outputs live, for callers that want them.
 pub fn summary_path(out: &Path) -> PathBuf {
     out.join(output::SUMMARY_FILE)
 }
 
+fn read_summary(out: &Path) -> Result<TrainSummary> {
+    let path = summary_path(out);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a train summary", path.display()))
+}
+
+/// Refuses an `--export-hf` directory that would overwrite anything: the run directory itself,
+/// the model being fine-tuned, or any directory that already holds files. Checked before any
+/// work, so a long run never ends in a refusal.
+fn check_export_dir(dir: &Path, out: &Path, model: &str) -> Result<()> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(dir, out) {
+        bail!(
+            "--export-hf {}: is the --out directory; export into a folder of its own, e.g. {}",
+            dir.display(),
+            out.join("hf").display()
+        );
+    }
+    if same(dir, Path::new(model)) {
+        bail!(
+            "--export-hf {}: is the --model directory; exporting there would destroy the pretrained model. Choose a new directory",
+            dir.display()
+        );
+    }
+    if dir.exists() && !output::is_empty_dir(dir)? {
+        bail!(
+            "--export-hf {}: already holds files; sift-lab does not overwrite a model. Choose a new (or empty) directory",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes the merged model as a transformers checkpoint into `dir`, whole or not at all: the
+/// files go to a temporary folder beside it, which is then renamed to `dir` (a rename that
+/// fails if `dir` meanwhile holds anything, so nothing is ever overwritten).
+fn export_checkpoint(
+    weights: &model::WeightMap,
+    pretrained: &Pretrained,
+    tokenizer: Option<&Path>,
+    dir: &Path,
+) -> Result<()> {
+    let name = dir
+        .file_name()
+        .with_context(|| format!("--export-hf {}: not a directory name", dir.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".partial-{}", std::process::id()));
+    let tmp = dir.with_file_name(tmp_name);
+    let _ = std::fs::remove_dir_all(&tmp);
+    model::weights::save_hf_checkpoint(
+        weights,
+        &pretrained.files.config,
+        pretrained.num_labels,
+        &tmp,
+    )?;
+    if let Some(tokenizer) = tokenizer {
+        std::fs::copy(tokenizer, tmp.join("tokenizer.json"))
+            .with_context(|| format!("copying {}", tokenizer.display()))?;
+    }
+    // rename(2) moves a directory onto a missing or empty one, and fails on one that holds
+    // anything, so a directory filled meanwhile (by another run) is never replaced.
+    std::fs::rename(&tmp, dir).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        anyhow::anyhow!(
+            "--export-hf {}: cannot move the export into place ({e}); it may have been created meanwhile. Nothing was overwritten",
+            dir.display()
+        )
+    })
+}
+
 /// The epoch with the highest primary metric; on a tie the earliest (`max_by` keeps the last of
-/// equals, hence the reversed order).
+/// equals, hence the reversed order). Epochs whose primary metric is not a finite number are
+/// never the best.
 fn best_epoch(epochs: &[EpochResult], primary: &str) -> Option<EpochResult> {
     epochs
         .iter()
         .rev()
-        .max_by(|a, b| {
-            a.metrics
-                .get(primary)
-                .unwrap_or(&f64::NAN)
-                .total_cmp(b.metrics.get(primary).unwrap_or(&f64::NAN))
+        .filter_map(|e| {
+            let value = *e.metrics.get(primary)?;
+            value.is_finite().then_some((e, value))
         })
-        .cloned()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(e, _)| e.clone())
 }
 
 #[cfg(test)]
@@ -703,5 +906,40 @@ mod tests {
         assert_eq!(best_epoch(&epochs, "accuracy").unwrap().epoch, 2);
         assert_eq!(best_epoch(&epochs[..1], "accuracy").unwrap().epoch, 1);
         assert!(best_epoch(&[], "accuracy").is_none());
+        // An epoch without a finite primary metric is never the best.
+        let odd = [epoch(1, f64::NAN), epoch(2, 0.5), epoch(3, f64::INFINITY)];
+        assert_eq!(best_epoch(&odd, "accuracy").unwrap().epoch, 2);
+        assert!(best_epoch(&odd[..1], "accuracy").is_none());
+        assert!(best_epoch(&epochs, "f1").is_none());
+    }
+
+    #[test]
+    fn divergence_needs_a_sustained_blow_up_or_a_non_finite_loss() {
+        // Binary task: floor ln 2 = 0.693; first loss 0.5, so the limit is 6.93.
+        let mut d = Divergence::new(2);
+        assert!(d.observe(0.5).is_none());
+        // Two steps above the limit, then one below: the count starts over.
+        assert!(d.observe(8.0).is_none());
+        assert!(d.observe(1e8).is_none());
+        assert!(d.observe(6.9).is_none());
+        assert!(d.observe(7.0).is_none());
+        assert!(d.observe(7.0).is_none());
+        let why = d.observe(1e8).unwrap();
+        assert!(why.contains("stayed above 6.9315"), "{why}");
+        // The first loss sets the bar when it is above ln C: 10 × 2.0 = 20.
+        let mut d = Divergence::new(2);
+        d.observe(2.0);
+        for _ in 0..5 {
+            assert!(d.observe(19.0).is_none());
+        }
+        // Regression (C = 1, floor 0): 10 × the first loss.
+        let mut d = Divergence::new(1);
+        d.observe(0.1);
+        d.observe(1.01);
+        d.observe(1.01);
+        assert!(d.observe(1.01).is_some());
+        // A non-finite loss stops at once, even the first.
+        assert!(Divergence::new(2).observe(f64::NAN).is_some());
+        assert!(Divergence::default().observe(f64::INFINITY).is_some());
     }
 }

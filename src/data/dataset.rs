@@ -7,7 +7,7 @@ use tokenizers::Tokenizer;
 
 use super::batches::collate;
 use super::{encode_examples, load_examples, pad_token_id};
-use super::{Batch, BatchOrder, EncodedExample, Example, Label, Split, Task};
+use super::{Batch, BatchOrder, DataError, EncodedExample, Example, Label, Split, Task};
 
 /// Examples of one task split with their encodings; `examples[i]` ↔ `encoded[i]`.
 #[derive(Debug, Clone)]
@@ -30,8 +30,24 @@ impl Dataset {
         limit: Option<usize>,
     ) -> anyhow::Result<Dataset> {
         let mut examples = load_examples(data_dir, task, split)?;
+        let path = data_dir.join(task.dir_name()).join(task.split_file(split));
+        if examples.is_empty() {
+            // A metric of an empty set is not a number: refuse instead of reporting NaN.
+            return Err(DataError::Empty {
+                path,
+                why: " (the file is empty or holds only its header)",
+            }
+            .into());
+        }
         if let Some(limit) = limit {
             examples.truncate(limit);
+            if examples.is_empty() {
+                return Err(DataError::Empty {
+                    path,
+                    why: " after a limit of 0 examples",
+                }
+                .into());
+            }
         }
         Self::from_examples(task, examples, tokenizer, max_len)
     }

@@ -19,6 +19,20 @@ pub use location::{glue_dir, SHARED_GLUE_DIR};
 pub use tasks::{Split, Task};
 pub use tsv::{load_examples, Example, Label};
 
+/// The smallest `--max-len` any command accepts: room for the special tokens of a pair and a
+/// few tokens of text.
+pub const MIN_MAX_LEN: usize = 8;
+
+/// Refuses a `--max-len` too small to hold any text (the upper bound is the model's, checked by
+/// [`crate::model::Pretrained::check_max_len`]).
+pub fn check_max_len_flag(max_len: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        max_len >= MIN_MAX_LEN,
+        "--max-len {max_len}: must be at least {MIN_MAX_LEN} (the special tokens of a pair take 3)"
+    );
+    Ok(())
+}
+
 /// Everything that can go wrong while finding, reading or parsing GLUE data.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -54,6 +68,12 @@ pub enum DataError {
         line: usize,
         problem: String,
     },
+
+    #[error(
+        "{path} holds no examples{why}: a split needs at least one row",
+        path = path.display()
+    )]
+    Empty { path: PathBuf, why: &'static str },
 
     #[error("the tokenizer has no padding token: looked for \"[PAD]\" and \"<pad>\"")]
     NoPadToken,

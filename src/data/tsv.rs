@@ -40,11 +40,33 @@ pub fn load_examples(data_dir: &Path, task: Task, split: Split) -> Result<Vec<Ex
             task_dir: task.dir_name(),
         });
     }
-    let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io {
+    let bytes = std::fs::read(&path).map_err(|source| DataError::Io {
         path: path.clone(),
         source,
     })?;
-    parse_tsv(&text, task, &path)
+    let text = std::str::from_utf8(&bytes).map_err(|e| not_utf8(&bytes, e, &path))?;
+    parse_tsv(text, task, &path)
+}
+
+/// Where the first byte that is not UTF-8 sits: its line (1-based) and byte column.
+fn not_utf8(bytes: &[u8], error: std::str::Utf8Error, path: &Path) -> DataError {
+    let at = error.valid_up_to();
+    let before = &bytes[..at];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = at
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
+    DataError::Malformed {
+        path: path.to_path_buf(),
+        line,
+        problem: format!(
+            "byte 0x{:02x} at column {column} is not UTF-8; GLUE files are UTF-8 text (re-save the file as UTF-8)",
+            bytes[at]
+        ),
+    }
 }
 
 /// Parses the contents of one of `task`'s files; `path` is only used in error messages.
@@ -250,6 +272,24 @@ mod tests {
         );
         assert_eq!(examples[0].label, Label::Class(0));
         assert_eq!(examples[0].line, 2);
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_is_located_by_line_and_column() {
+        let tmp = TempDir::new("not-utf8");
+        let mut body = b"index\tsentence1\tsentence2\tlabel\n0\tA man sleeps.\tA man rests.\tentailment\n1\tCaf".to_vec();
+        body.push(0xe9); // Latin-1 é
+        body.extend_from_slice(b" noir.\tA drink.\tentailment\n");
+        std::fs::create_dir_all(tmp.path().join("RTE")).unwrap();
+        std::fs::write(tmp.path().join("RTE/dev.tsv"), body).unwrap();
+        let msg = load_examples(tmp.path(), Task::Rte, Split::Dev)
+            .unwrap_err()
+            .to_string();
+        // Line 3, after "1\tCaf": column 6.
+        assert!(
+            msg.contains("RTE/dev.tsv, line 3: byte 0xe9 at column 6 is not UTF-8"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -498,6 +498,7 @@ impl Setup {
         let device = Device::Cpu;
         let pretrained =
             model::load_pretrained(&config.model, None, task.num_labels(), config.seed, &device)?;
+        pretrained.check_max_len(config.max_len)?;
         let available: Vec<String> =
             model::weights::expected_shapes(&pretrained.config, pretrained.num_labels)?
                 .into_iter()
@@ -600,6 +601,23 @@ pub fn run(
     config: &GradStatsConfig,
     options: &GradStatsOptions,
 ) -> Result<(GradStatsReport, Vec<PathBuf>)> {
+    config.validate()?;
+    // One writer for OUT, and never over an earlier run's tables: checked before any work.
+    let _lock = crate::run_lock::RunLock::dir(&config.out)?;
+    let tables: Vec<PathBuf> = [
+        HIST_FILE,
+        TOPX_FILE,
+        OVERLAP_FILE,
+        STATS_FILE,
+        crate::output::SUMMARY_FILE,
+    ]
+    .iter()
+    .map(|f| config.out.join(f))
+    .collect();
+    crate::output::ensure_absent(
+        &tables,
+        "choose another --out (or redraw its figures with --plot-only)",
+    )?;
     let mut report = compute(config, options.progress)?;
     let mut files = write_tables(&mut report, &config.out)?;
     let figures_dir = options.figures_dir.as_deref().unwrap_or(&config.out);

@@ -55,6 +55,7 @@ pub use self::rows::{
 };
 pub use crate::grid::Shard;
 use crate::grid::{self, Cell, ShardFile};
+use crate::run_lock::RunLock;
 
 /// Grids larger than this need `--yes` (or a larger `--max-points`).
 pub const DEFAULT_MAX_POINTS: usize = 2000;
@@ -174,8 +175,10 @@ pub fn run(config: &LandscapeConfig, options: &RunOptions) -> Result<RunReport> 
     ensure!(options.jobs >= 1, "--jobs must be at least 1");
     resolve_revision(&mut config)?;
 
-    // What is left to do of this shard.
+    // What is left to do of this shard. One writer per shard file (shards of one grid write
+    // separate files and never contend), held from before its first read.
     let path = options.out.join(file_name(options.shard));
+    let _lock = RunLock::file(&path)?;
     let mut rows = existing_rows(&path, &config, options)?;
     let finished = rows.iter().map(Cell::id).collect();
     let plan = grid::plan(&config.points(), options.shard, &finished);
@@ -229,6 +232,7 @@ pub fn plot_only(
         "{} not found: run the landscape first (or `sift-lab merge` its shards)",
         path.display()
     );
+    let _lock = RunLock::file(&path)?;
     let file = read_file(&path)?;
     let missing = file.config.num_points() - file.rows.len();
     ensure!(
@@ -275,6 +279,12 @@ pub fn merge(
         "{} is both an input and the output",
         path.display()
     );
+    // The merged file is the whole grid's file: the same lock, and never over an earlier one.
+    let _lock = RunLock::file(&path)?;
+    crate::output::ensure_absent(
+        std::slice::from_ref(&path),
+        "remove it to merge again, or merge into another --out",
+    )?;
     let files: Vec<ShardFile<LandscapeConfig, Row>> = paths
         .iter()
         .map(|p| {

@@ -100,6 +100,7 @@ pub fn prepare(config: &LandscapeConfig) -> Result<Prepared> {
             (theta1, None)
         }
     };
+    theta1.check_max_len(config.max_len)?;
     let surface = prepare_surface(config, &theta1, start.as_ref())?;
     let dataset = Dataset::load(
         &config.data_dir,

@@ -122,6 +122,28 @@ impl Pretrained {
         Ok(theta0)
     }
 
+    /// The longest input the model's position table holds (RoBERTa's positions start after the
+    /// padding index, which costs it two rows).
+    pub fn max_positions(&self) -> usize {
+        match self.config.family() {
+            Ok(Family::Roberta) => self.config.max_position_embeddings.saturating_sub(2),
+            _ => self.config.max_position_embeddings,
+        }
+    }
+
+    /// Refuses a `--max-len` the model cannot take, before any work: beyond its position table a
+    /// long row would fail deep inside a forward pass (in `train`, after a whole epoch).
+    pub fn check_max_len(&self, max_len: usize) -> Result<()> {
+        crate::data::check_max_len_flag(max_len)?;
+        let limit = self.max_positions();
+        anyhow::ensure!(
+            max_len <= limit,
+            "--max-len {max_len}: the model takes at most {limit} tokens (max_position_embeddings in {}); pass --max-len {limit} or less",
+            self.files.config.display()
+        );
+        Ok(())
+    }
+
     pub fn device(&self) -> Device {
         self.weights
             .values()

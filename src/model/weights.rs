@@ -17,8 +17,7 @@ pub type WeightMap = HashMap<String, Tensor>;
 pub fn load_safetensors(paths: &[PathBuf], device: &Device) -> Result<WeightMap> {
     let mut weights = WeightMap::new();
     for path in paths {
-        let tensors = candle_core::safetensors::load(path, device)
-            .with_context(|| format!("reading weights from {}", path.display()))?;
+        let tensors = read_safetensors(path, device)?;
         for (name, tensor) in tensors {
             if let Some(name) = canonical_name(&name) {
                 weights.insert(name, tensor.to_dtype(DType::F32)?);
@@ -26,6 +25,21 @@ pub fn load_safetensors(paths: &[PathBuf], device: &Device) -> Result<WeightMap>
         }
     }
     Ok(weights)
+}
+
+/// Reads every tensor of one safetensors file; a file that does not parse is named, with its
+/// size, as truncated or corrupt (an interrupted download or copy, usually).
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, device).map_err(|e| {
+        let size = std::fs::metadata(path).map(|m| m.len());
+        match size {
+            Err(io) => anyhow::anyhow!("cannot read {}: {io}", path.display()),
+            Ok(bytes) => anyhow::anyhow!(
+                "{}: not a readable safetensors file ({bytes} bytes): truncated or corrupt ({e}). Re-download or re-export it",
+                path.display()
+            ),
+        }
+    })
 }
 
 /// Maps a checkpoint name onto sift-lab's name, or `None` for tensors the encoder ignores.
