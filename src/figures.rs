@@ -134,8 +134,9 @@ pub fn run(config: &FiguresConfig) -> Result<FiguresReport> {
                 }
             }
             Kind::Landscape => {
-                let (files, _) = landscape::plot_only(&dir, Some(&target))?;
+                // Drawn from the rows alone (plot_only would also rewrite the run's summary.json).
                 let file = landscape::rows::read_file(&dir.join("landscape.parquet"))?;
+                let files = landscape::draw_all(&file.config, &file.rows, &target)?;
                 let c = &file.config;
                 let seconds: f64 = file.rows.iter().map(|r| r.seconds).sum();
                 Entry {
@@ -222,6 +223,23 @@ fn analysis_command(analyses: &Path, name: &str) -> String {
         }
     }
     "not recorded (no config in analyses/ writes it)".into()
+}
+
+/// The commit that last changed `dir`, for results whose files do not record the revision that
+/// computed them.
+fn committed_in(dir: &Path) -> String {
+    let out = std::process::Command::new("git")
+        .args(["log", "-1", "--format=%h"])
+        .arg("--")
+        .arg(dir)
+        .output();
+    match out {
+        Ok(o) if o.status.success() && !o.stdout.is_empty() => format!(
+            "not recorded in the files; committed in {}",
+            String::from_utf8_lossy(&o.stdout).trim()
+        ),
+        _ => "not recorded".into(),
+    }
 }
 
 fn duration(seconds: f64) -> String {
