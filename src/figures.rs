@@ -125,8 +125,7 @@ pub fn run(config: &FiguresConfig) -> Result<FiguresReport> {
                         c.batch_size,
                         c.max_len
                     ),
-                    revision: "not recorded (the commit that added this folder: see git log)"
-                        .into(),
+                    revision: committed_in(&dir),
                     compute: duration(summary.seconds),
                     table: None,
                     files,
@@ -151,8 +150,7 @@ pub fn run(config: &FiguresConfig) -> Result<FiguresReport> {
                         c.split.name(),
                         c.eval_examples
                     ),
-                    revision: "not recorded (the commit that added this folder: see git log)"
-                        .into(),
+                    revision: committed_in(&dir),
                     compute: format!("{} (sum over points)", duration(seconds)),
                     table: None,
                     files,
