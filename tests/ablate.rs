@@ -359,3 +359,35 @@ fn every_analysis_config_parses_with_every_preset_and_matches_its_budgets() {
     assert_eq!(achieved("q,k,v,o"), 28_296);
     assert_eq!(achieved("attention"), 28_296);
 }
+
+#[test]
+fn a_diverged_cell_is_recorded_and_the_grid_goes_on() {
+    let tmp = common::temp_dir("ablate-diverge");
+    let config = tmp.path().join("diverge.toml");
+    // lr 1e30 sends the selected weights to ±1e30 after one step: attention scores overflow
+    // to ±inf and the loss becomes NaN. The second learning rate trains normally.
+    let text = GRID
+        .replace("tasks = [\"rte\", \"mrpc\"]", "tasks = [\"rte\"]")
+        .replace("methods = [\"sift\", \"head\"]", "methods = [\"sift\"]")
+        .replace("budgets = [2000, 20000]", "budgets = [2000]")
+        .replace("sift = [5e-3]", "sift = [1e30, 5e-3]");
+    std::fs::write(&config, text).unwrap();
+    let out = tmp.path().join("out");
+    let mut cmd = sift_lab();
+    cmd.args(["--threads", "1", "ablate"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out);
+    let stdout = run_ok(&mut cmd);
+    assert!(stdout.contains("1 diverged"), "{stdout}");
+    let file = results::read(&out.join("results.parquet")).unwrap();
+    let status: Vec<(&str, f64)> = file
+        .rows
+        .iter()
+        .map(|r| (r.status.as_str(), r.cell.lr))
+        .collect();
+    assert_eq!(status, vec![("diverged", 1e30), ("completed", 5e-3)]);
+    assert!(file.rows[0].best_primary().is_none() && file.rows[1].best_primary().is_some());
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(table.contains("(lr 5e-3; 1 diverged)"), "{table}");
+}

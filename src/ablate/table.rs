@@ -178,11 +178,10 @@ pub fn markdown(config: &AblateConfig, results: &[ResultRow]) -> String {
     out.push_str(&format!("# {}\n\n", config.title));
     out.push_str(&format!(
         "`sift-lab ablate analyses/{}{}{}`: {} cells ({} completed, {} diverged). Each entry is \
-         the best-epoch dev {} in % (CoLA: Matthews × 100, STS-B: Pearson × 100), mean ± sample \
-         std over the seeds that completed ({} asked), at the learning rate of the sweep with the \
-         highest mean (given under it; chosen on dev, as the paper's best epoch is). NUM: \
-         trainable parameters without the task head (target in brackets). *paper*: RoBERTa-large \
-         (SPEC.md).\n\n",
+         the best-epoch dev {} × 100, mean ± sample std over the seeds that completed ({} \
+         asked), at the learning rate of the sweep with the highest mean (named beside it; \
+         chosen on dev, as the paper's best epoch is). NUM: trainable parameters without the \
+         task head (target in brackets). *paper*: RoBERTa-large (SPEC.md).\n\n",
         config.source,
         if config.preset == "base" {
             String::new()
@@ -193,11 +192,7 @@ pub fn markdown(config: &AblateConfig, results: &[ResultRow]) -> String {
         results.len(),
         completed,
         results.len() - completed,
-        if metric == "accuracy" {
-            "accuracy (other tasks: their primary metric)".to_string()
-        } else {
-            metric.clone()
-        },
+        metric,
         seeds
     ));
     // Header.

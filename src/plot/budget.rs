@@ -112,7 +112,13 @@ impl Figure for BudgetFigure {
                     format!("{v}")
                 }
             })
-            .y_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| {
+                if y1 - y0 < 10.0 {
+                    format!("{v:.1}")
+                } else {
+                    format!("{v:.0}")
+                }
+            })
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))
             .light_line_style(BLACK.mix(0.04))
