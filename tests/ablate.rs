@@ -255,9 +255,55 @@ fn a_quick_grid_runs_resumes_after_sigkill_merges_shards_and_redraws_byte_for_by
         readme.contains("## grid") && readme.contains("ablate") && readme.contains("--random"),
         "{readme}"
     );
+}
 
-    // 5. The notebooks execute against these outputs.
-    run_notebooks(&whole, &whole);
+/// The README's main job at the `quick` preset: every ablation config of analyses/ end to end
+/// on real data, `sift-lab figures` over the results, and the notebooks run against them.
+#[test]
+fn the_quick_presets_reproduce_every_table_and_figure_and_the_notebooks_run() {
+    let tmp = common::temp_dir("ablate-quick");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let res = tmp.path().join("results");
+    for (item, random) in [
+        ("table4-modules", true),
+        ("fig6-budget", true),
+        ("table2-glue", false),
+    ] {
+        let mut cmd = sift_lab();
+        cmd.args(["--threads", "2", "ablate"])
+            .arg(root.join("analyses").join(format!("{item}.toml")))
+            .args(["--preset", "quick", "--out"])
+            .arg(res.join(item));
+        if random {
+            cmd.arg("--random");
+        }
+        let stdout = run_ok(&mut cmd);
+        assert!(stdout.contains("0 diverged"), "{item}: {stdout}");
+    }
+    let figures = tmp.path().join("figures");
+    run_ok(
+        sift_lab()
+            .args(["figures", "--results"])
+            .arg(&res)
+            .arg("--out")
+            .arg(&figures),
+    );
+    let readme = std::fs::read_to_string(figures.join("README.md")).unwrap();
+    for item in ["table4-modules", "fig6-budget", "table2-glue"] {
+        assert!(figures.join(item).join("table.md").is_file(), "{item}");
+        assert!(readme.contains(&format!("## {item}")), "{readme}");
+    }
+    assert!(figures.join("fig6-budget/fig6_budget.png").is_file());
+    // Table 2 covers every task of the shared GLUE copy, each with the paper's value beside it.
+    let table2 = std::fs::read_to_string(figures.join("table2-glue/table.md")).unwrap();
+    for (method, paper) in [("full", "86.6"), ("LoRA", "85.2"), ("SIFT", "85.9")] {
+        let line = table2
+            .lines()
+            .find(|l| l.starts_with(&format!("| {method} |")))
+            .unwrap_or_else(|| panic!("{table2}"));
+        assert!(line.contains(paper), "{line}");
+    }
+    run_notebooks(&res.join("table4-modules"), &res.join("fig6-budget"));
 }
 
 /// Creates the notebooks' Python environment if needed (scripts/notebooks-venv.sh) and executes

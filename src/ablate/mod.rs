@@ -135,7 +135,11 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
     let started = Instant::now();
     let (mut computed, mut interrupted) = (0usize, false);
     for cell in &plan.todo {
-        bar.set_message(cell.id());
+        bar.set_message(format!(
+            "{} (trains {} without the head)",
+            cell.id(),
+            cell.achieved
+        ));
         let train_config = cell.train_config(config, &data_dir);
         let row = match run_cell(cell, &train_config, out)? {
             Some(row) => row,
@@ -158,10 +162,16 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
         if bar.is_hidden() {
             let per_cell = started.elapsed().as_secs_f64() / computed as f64;
             eprintln!(
-                "cell {}/{} done: {} ({:.0} s a cell, ETA {:.0} s)",
+                "cell {}/{} done: {} (achieved budget {}, {}; {:.0} s a cell, ETA {:.0} s)",
                 bar.position(),
                 plan.shard_cells.len(),
                 cell.id(),
+                rows.iter()
+                    .find(|r| r.id() == cell.id())
+                    .map_or(0, |r| r.achieved_budget),
+                rows.iter()
+                    .find(|r| r.id() == cell.id())
+                    .map_or("", |r| r.status.as_str()),
                 per_cell,
                 per_cell * (plan.todo.len() - computed) as f64
             );

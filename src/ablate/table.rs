@@ -438,6 +438,100 @@ pub fn budget_figure(config: &AblateConfig, results: &[ResultRow], task: Task) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ablate::cells::CellSpec;
+    use crate::ablate::config::{Axes, Item, PaperValue, TrainSettings};
+    use std::collections::BTreeMap;
+
+    fn row(method: MethodKind, lr: f64, seed: u64, best: Option<f64>) -> ResultRow {
+        ResultRow {
+            cell: CellSpec {
+                task: Task::Rte,
+                method,
+                modules: Some("v".into()),
+                budget: Some(1000),
+                rate: Some(0.001),
+                lora_rank: None,
+                achieved: 1002,
+                lr,
+                seed,
+            },
+            status: if best.is_some() {
+                "completed"
+            } else {
+                "diverged"
+            }
+            .into(),
+            epochs_completed: 1,
+            trainable_params: 1002 + 148_610,
+            achieved_budget: 1002,
+            primary_metric: "accuracy".into(),
+            best_epoch: best.map(|_| 1),
+            best: best
+                .map(|b| BTreeMap::from([("accuracy".to_string(), b)]))
+                .unwrap_or_default(),
+            best_dev_loss: best.map(|_| 0.6),
+            last: best
+                .map(|b| BTreeMap::from([("accuracy".to_string(), b - 0.01)]))
+                .unwrap_or_default(),
+            last_dev_loss: best.map(|_| 0.7),
+            wall_seconds: 1.0,
+            peak_rss_mib: None,
+        }
+    }
+
+    /// Two learning rates: 1e-3 gives 70, 72, 74 (mean 72, std 2); 5e-3 gives 71 and a
+    /// divergence (mean 71). The table takes 1e-3 and names the divergence; the paper's value
+    /// stands beside it.
+    #[test]
+    fn the_table_takes_the_best_mean_learning_rate_and_counts_divergences() {
+        let config = AblateConfig {
+            item: Item::Table4,
+            title: "T".into(),
+            source: "t.toml".into(),
+            preset: "cpu".into(),
+            preset_description: None,
+            table_rows: vec![RowAxis::Method, RowAxis::Modules],
+            train: TrainSettings::default(),
+            per_task: BTreeMap::new(),
+            axes: Axes {
+                tasks: vec![Task::Rte],
+                methods: vec![MethodKind::Sift],
+                modules: vec!["v".into()],
+                budgets: vec![1000],
+                seeds: vec![1, 2, 3],
+                lr: BTreeMap::from([(MethodKind::Sift, vec![1e-3, 5e-3])]),
+            },
+            random: false,
+            paper: vec![PaperValue {
+                task: Task::Rte,
+                method: MethodKind::Sift,
+                modules: Some("v".into()),
+                budget: None,
+                value: 85.9,
+            }],
+        };
+        let rows = vec![
+            row(MethodKind::Sift, 1e-3, 1, Some(0.70)),
+            row(MethodKind::Sift, 5e-3, 1, Some(0.71)),
+            row(MethodKind::Sift, 1e-3, 2, Some(0.72)),
+            row(MethodKind::Sift, 5e-3, 2, None),
+            row(MethodKind::Sift, 1e-3, 3, Some(0.74)),
+        ];
+        let md = markdown(&config, &rows);
+        assert!(
+            md.contains("| SIFT | W_v | 1,002 (1,000) | 72.0 ± 2.0 (lr 1e-3; 1 diverged) | 85.9 |"),
+            "{md}"
+        );
+        // The sweep section lists both rates: 5e-3 with one seed (71.0, last 70.0) and one divergence.
+        assert!(
+            md.contains("| SIFT, W_v | RTE | 5e-3 | 1 | 71.0 | 70.0 | 1 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| SIFT, W_v | RTE | 1e-3 | 3 | 72.0 ± 2.0 | 71.0 ± 2.0 | 0 |"),
+            "{md}"
+        );
+    }
 
     #[test]
     fn mean_and_sample_std_by_hand() {
