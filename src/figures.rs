@@ -83,7 +83,12 @@ pub fn run(config: &FiguresConfig) -> Result<FiguresReport> {
         let entry = match kind {
             Kind::Ablate => {
                 let file = ablate::results::read(&dir.join("results.parquet"))?;
-                let files = ablate::draw(&file.config, &file.rows, &target)?;
+                let files = ablate::draw(
+                    &file.config,
+                    &file.rows,
+                    file.provenance.grid_cells,
+                    &target,
+                )?;
                 let seconds: f64 = file.rows.iter().map(|r| r.wall_seconds).sum();
                 let c = &file.config;
                 Entry {
@@ -99,9 +104,10 @@ pub fn run(config: &FiguresConfig) -> Result<FiguresReport> {
                     data: data_text(c),
                     revision: file.provenance.git_revision.clone(),
                     compute: format!(
-                        "{} over {} cells (sum of cell wall times)",
+                        "{} over {} of the grid's {} cells (sum of cell wall times)",
                         duration(seconds),
-                        file.rows.len()
+                        file.rows.len(),
+                        file.provenance.grid_cells
                     ),
                     table: Some(std::fs::read_to_string(&files[0])?),
                     files,

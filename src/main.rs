@@ -346,7 +346,7 @@ struct LandscapeArgs {
 
 #[derive(Args)]
 struct MergeArgs {
-    /// Shard files, or directories holding landscape.shard-*.parquet [default: --out].
+    /// Shard files, or directories holding landscape.shard-*.parquet or results.shard-*.parquet (ablate) [default: --out].
     inputs: Vec<PathBuf>,
     /// Directory of the merged landscape.parquet (and figures).
     #[arg(long)]

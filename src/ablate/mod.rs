@@ -119,6 +119,7 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
     let provenance = results::Provenance {
         command: options.command.clone(),
         git_revision: git_revision(),
+        grid_cells: grid.cells.len(),
     };
     let plan = grid::plan(&grid.cells, options.shard, &results::finished_ids(&rows));
     let data_dir = cells::default_data_dir().or_else(|e| {
@@ -185,7 +186,7 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
     let shard_rows = rows.len();
     let mut drawn = Vec::new();
     if options.shard.is_whole() && shard_rows == grid.cells.len() && options.draw {
-        drawn = draw(config, &rows, out)?;
+        drawn = draw(config, &rows, grid.cells.len(), out)?;
     }
     Ok(AblateReport {
         file: path,
@@ -246,10 +247,27 @@ fn read_summary(path: &Path) -> Result<Option<TrainSummary>> {
 pub const TABLE_FILE: &str = "table.md";
 pub const FIG6_STEM: &str = "fig6_budget";
 
-/// Writes `table.md` (and for Fig. 6 the budget figure) of a complete grid into `dir`.
-pub fn draw(config: &AblateConfig, rows: &[ResultRow], dir: &Path) -> Result<Vec<PathBuf>> {
+/// Writes `table.md` (and for Fig. 6 the budget figure) of the `rows` of a grid of `grid_cells`
+/// cells into `dir` (a grid still running gives a partial table, and says so).
+pub fn draw(
+    config: &AblateConfig,
+    rows: &[ResultRow],
+    grid_cells: usize,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
     let table_path = dir.join(TABLE_FILE);
-    output::write_atomic(&table_path, table::markdown(config, rows).as_bytes())?;
+    let mut text = table::markdown(config, rows);
+    if grid_cells > rows.len() {
+        text = text.replacen(
+            "\n\n",
+            &format!(
+                "\n\n**Partial: {} of the grid's {grid_cells} cells are done** (rerun with `--resume` to finish).\n\n",
+                rows.len()
+            ),
+            1,
+        );
+    }
+    output::write_atomic(&table_path, text.as_bytes())?;
     let mut paths = vec![table_path];
     if config.item == Item::Fig6 {
         for &task in &config.axes.tasks {
@@ -274,7 +292,12 @@ pub fn redraw(dir: &Path, figures_dir: &Path) -> Result<Vec<PathBuf>> {
         path.display()
     );
     let file = results::read(&path)?;
-    draw(&file.config, &file.rows, figures_dir)
+    draw(
+        &file.config,
+        &file.rows,
+        file.provenance.grid_cells,
+        figures_dir,
+    )
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -326,9 +349,10 @@ pub fn merge(inputs: &[PathBuf], out: &Path, allow_partial: bool) -> Result<Merg
         .map(|f| f.provenance.git_revision.as_str())
         .collect();
     provenance.git_revision = revisions.into_iter().collect::<Vec<_>>().join(", ");
+    provenance.grid_cells = merged.total;
     results::write(&path, &config, Shard::WHOLE, &provenance, &merged.outcomes)?;
     let drawn = if merged.missing.is_empty() {
-        draw(&config, &merged.outcomes, out)?
+        draw(&config, &merged.outcomes, merged.total, out)?
     } else {
         Vec::new()
     };

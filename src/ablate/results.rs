@@ -34,6 +34,9 @@ pub struct Provenance {
     pub command: String,
     /// `git describe --always --dirty` of the working tree, where there is one.
     pub git_revision: String,
+    /// Cells in the whole grid (a file may hold fewer: a shard, or a grid still running).
+    #[serde(default)]
+    pub grid_cells: usize,
 }
 
 /// One finished cell.
