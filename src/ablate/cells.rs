@@ -73,7 +73,7 @@ impl CellSpec {
     }
 
     /// The `sift-lab train` configuration of this cell.
-    pub fn train_config(&self, config: &AblateConfig, data_dir: &Path) -> TrainConfigOf {
+    pub fn train_config(&self, config: &AblateConfig, data_dir: &Path) -> train::TrainConfig {
         let s = config.train.overridden_by(
             config
                 .per_task
@@ -105,8 +105,6 @@ impl CellSpec {
         }
     }
 }
-
-type TrainConfigOf = train::TrainConfig;
 
 /// `q,k,v,o` → `q+k+v+o`: a module set inside an id, whose axes are separated by commas.
 pub fn module_key(spec: &str) -> String {

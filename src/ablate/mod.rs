@@ -20,7 +20,7 @@ pub mod table;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
 pub use self::cells::{CellSpec, Grid};
@@ -105,6 +105,11 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
     let out = options.out.as_path();
     let path = results::path(out, options.shard);
     let mut rows: Vec<ResultRow> = Vec::new();
+    let mut provenance = results::Provenance {
+        command: options.command.clone(),
+        git_revision: git_revision(),
+        grid_cells: grid.cells.len(),
+    };
     if path.exists() {
         ensure!(
             options.resume,
@@ -114,13 +119,19 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
         let stored = results::read(&path)?;
         grid::check_same_config(&path, &stored.config, config)?;
         rows = stored.rows;
+        // The command that started the grid, and every revision that computed part of it.
+        if !stored.provenance.command.is_empty() {
+            provenance.command = stored.provenance.command;
+        }
+        let stored_revisions = stored.provenance.git_revision;
+        if !stored_revisions
+            .split(", ")
+            .any(|r| r == provenance.git_revision)
+        {
+            provenance.git_revision = format!("{stored_revisions}, {}", provenance.git_revision);
+        }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let provenance = results::Provenance {
-        command: options.command.clone(),
-        git_revision: git_revision(),
-        grid_cells: grid.cells.len(),
-    };
     let plan = grid::plan(&grid.cells, options.shard, &results::finished_ids(&rows));
     let data_dir = cells::default_data_dir().or_else(|e| {
         if config.train.data_dir.is_some() {
@@ -370,12 +381,4 @@ pub fn has_shards(dir: &Path) -> bool {
     dir.is_dir()
         && grid::shard_files(dir, results::FILE_STEM, results::FILE_EXT)
             .is_ok_and(|f| !f.is_empty())
-}
-
-/// Refuses flags that cannot go together, before any work.
-pub fn check_options(options: &AblateOptions) -> Result<()> {
-    if options.out.as_os_str().is_empty() {
-        bail!("--out DIR is required");
-    }
-    Ok(())
 }
