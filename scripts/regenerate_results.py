@@ -106,6 +106,8 @@ def main() -> int:
     parser.add_argument("configs", nargs="*", type=Path)
     args = parser.parse_args()
     configs = args.configs or sorted((ROOT / "analyses").glob("*.toml"))
+    # Ablation grids (`item = ...`, run by `sift-lab ablate`) take hours; they resume, not rerun.
+    configs = [c for c in configs if "command" in tomllib.loads(c.read_text())]
     # Head-only runs first: trained-head landscapes read their exports.
     configs.sort(key=lambda c: (0 if c.name.startswith("head_") else 1, c.name))
     failed = False

@@ -26,10 +26,18 @@ pub fn command_line(path: &Path) -> Result<Vec<String>> {
         .get("command")
         .and_then(|c| c.as_str())
         .with_context(|| {
-            format!(
-                "{}: no `command = \"...\"` line naming the subcommand",
-                path.display()
-            )
+            if doc.contains_key("item") {
+                format!(
+                    "{}: an ablation grid config; run it with `sift-lab ablate {} --preset quick|cpu|paper --out DIR`",
+                    path.display(),
+                    path.display()
+                )
+            } else {
+                format!(
+                    "{}: no `command = \"...\"` line naming the subcommand",
+                    path.display()
+                )
+            }
         })?;
     let mut line = vec![command.to_string()];
     if let Some(args) = doc.get("args") {

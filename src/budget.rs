@@ -124,6 +124,82 @@ pub fn select_random(
         .collect()
 }
 
+/// A rate or rank chosen to meet a target count of trainable parameters, and the count it buys.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Matched {
+    /// SIFT/random: the rate; LoRA: the rank (as a number).
+    pub setting: f64,
+    /// Trainable entries it buys (never counting the task head).
+    pub count: usize,
+}
+
+/// Entries a sparse method trains at `rate` over tensors of these sizes: Σ max(1, ⌊rate·n⌋).
+/// Global selection spends the same total, so this holds for both selections.
+pub fn sparse_count(numels: &[usize], rate: f64) -> usize {
+    numels.iter().map(|&n| budget(rate, n)).sum()
+}
+
+/// The rate whose [`sparse_count`] is closest to `target` (ties: the larger count). The count is
+/// a step function of the rate, rising only where some ⌊rate·n⌋ steps, so the candidates are
+/// the smallest rate that reaches `target` and the largest that stays below it (bisection on
+/// the rate, to the last bit). The rate returned buys exactly the count returned.
+pub fn match_sparse_rate(numels: &[usize], target: usize) -> Matched {
+    let total: usize = numels.iter().sum();
+    let (mut below, mut reach) = (0.0f64, 1.0f64);
+    if sparse_count(numels, reach) < target || total == 0 {
+        return Matched {
+            setting: 1.0,
+            count: sparse_count(numels, 1.0),
+        };
+    }
+    // Invariant: count(below) < target (or below = 0) and count(reach) >= target.
+    for _ in 0..200 {
+        let mid = 0.5 * (below + reach);
+        if mid <= below || mid >= reach {
+            break;
+        }
+        if sparse_count(numels, mid) >= target {
+            reach = mid;
+        } else {
+            below = mid;
+        }
+    }
+    let up = sparse_count(numels, reach);
+    let down = (below > 0.0).then(|| sparse_count(numels, below));
+    match down {
+        Some(d) if target - d < up - target => Matched {
+            setting: below,
+            count: d,
+        },
+        _ => Matched {
+            setting: reach,
+            count: up,
+        },
+    }
+}
+
+/// LoRA's trainable count at rank r on matrices of these (rows, columns): r · Σ (m + n).
+pub fn lora_count(shapes: &[(usize, usize)], rank: usize) -> usize {
+    rank * shapes.iter().map(|(m, n)| m + n).sum::<usize>()
+}
+
+/// The rank (at least 1) whose [`lora_count`] is closest to `target` (ties: the larger rank).
+pub fn match_lora_rank(shapes: &[(usize, usize)], target: usize) -> Matched {
+    let per_rank = lora_count(shapes, 1).max(1);
+    let low = (target / per_rank).max(1);
+    let rank = if target.abs_diff(lora_count(shapes, low + 1))
+        <= target.abs_diff(lora_count(shapes, low))
+    {
+        low + 1
+    } else {
+        low
+    };
+    Matched {
+        setting: rank as f64,
+        count: lora_count(shapes, rank),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +257,63 @@ mod tests {
         // The same tensor alone draws the same indices; another seed draws others.
         assert_eq!(select_random(&shapes[..1], 0.29, 7)["x"], a["x"]);
         assert_ne!(select_random(&shapes[..1], 0.29, 8)["x"], a["x"]);
+    }
+
+    /// MiniLM-L6: 6 layers, hidden 384; every attention weight is 384 × 384 = 147,456 entries,
+    /// every attention bias 384. Counts worked by hand.
+    #[test]
+    fn budgets_match_hand_worked_minilm_counts() {
+        let w = 147_456usize;
+        // W_v: 6 tensors. 800,000 / 6 = 133,333.3 → 133,333 each = 799,998 (134 → 800,004 is further).
+        let v = match_sparse_rate(&[w; 6], 800_000);
+        assert_eq!(v.count, 799_998);
+        assert_eq!(budget(v.setting, w), 133_333);
+        // W_q,k,v,o: 24 tensors. 1,000 / 24 = 41.67: 41 → 984 (16 off), 42 → 1,008 (8 off).
+        let qkvo = match_sparse_rate(&[w; 24], 1_000);
+        assert_eq!(qkvo.count, 1_008);
+        assert_eq!(budget(qkvo.setting, w), 42);
+        // 1 % of each of 24 tensors: ⌊1474.56⌋ · 24 = 35,376, found back from the count.
+        assert_eq!(sparse_count(&[w; 24], 0.01), 35_376);
+        assert_eq!(match_sparse_rate(&[w; 24], 35_376).count, 35_376);
+        // W_all (weights and biases of q, k, v, o): 24 weights + 24 biases; near this target a
+        // bias buys ⌊384 r⌋ = 86 (it steps to 87 only at r = 87/384, where a weight buys 33,408).
+        // 24·(k + 86) around 800,000: k = 33,247 → 799,992 (8 off), 33,248 → 800,016 (16 off).
+        let mut all = vec![w; 24];
+        all.extend([384usize; 24]);
+        let m = match_sparse_rate(&all, 800_000);
+        assert_eq!(m.count, 799_992);
+        assert_eq!(budget(m.setting, w), 33_247);
+        assert_eq!(budget(m.setting, 384), 86);
+        // A target beyond every entry buys everything at rate 1.
+        assert_eq!(match_sparse_rate(&[10, 20], 1_000).count, 30);
+        // At least one entry per tensor: a target of 1 over 24 tensors still buys 24.
+        assert_eq!(match_sparse_rate(&[w; 24], 1).count, 24);
+    }
+
+    #[test]
+    fn lora_ranks_match_hand_worked_minilm_counts() {
+        // q, k, v, o of 6 layers: 24 matrices of 384 × 384, 768 per rank each = 18,432 per rank.
+        let qkvo = vec![(384usize, 384usize); 24];
+        assert_eq!(lora_count(&qkvo, 8), 147_456);
+        // 1,000,000 / 18,432 = 54.25 → rank 54 = 995,328.
+        assert_eq!(
+            match_lora_rank(&qkvo, 1_000_000),
+            Matched {
+                setting: 54.0,
+                count: 995_328
+            }
+        );
+        // 180,000 / 18,432 = 9.77 → rank 10 = 184,320 (rank 9 = 165,888 is further).
+        assert_eq!(match_lora_rank(&qkvo, 180_000).count, 184_320);
+        // Below one rank's worth, rank 1 is the least LoRA can train.
+        assert_eq!(
+            match_lora_rank(&qkvo, 1_000),
+            Matched {
+                setting: 1.0,
+                count: 18_432
+            }
+        );
+        // W_v only: 6 · 768 = 4,608 per rank; 800,000 / 4,608 = 173.6 → 174 = 801,792.
+        assert_eq!(match_lora_rank(&[(384, 384); 6], 800_000).count, 801_792);
     }
 }

@@ -1,12 +1,14 @@
 //! sift-lab: reproduce and extend "Sparse is Enough in Fine-tuning Pre-trained Large Language
 //! Models" (SIFT). Every analysis is a module that takes a config and returns a table.
 
+pub mod ablate;
 pub mod analysis_config;
 pub mod backprop;
 pub mod bench;
 pub mod budget;
 pub mod data;
 pub mod eval;
+pub mod figures;
 pub mod grad_stats;
 pub mod gradients;
 pub mod grid;

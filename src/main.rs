@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use sift_lab::data::{self, Split, Task};
-use sift_lab::{analysis_config, bench, eval, grad_stats, hub, landscape, train};
+use sift_lab::{ablate, analysis_config, bench, eval, figures, grad_stats, hub, landscape, train};
 
 #[derive(Parser)]
 #[command(
@@ -34,8 +34,13 @@ enum Command {
     Train(TrainArgs),
     /// Loss landscape between θ0 and θ1 (paper Fig. 2): loss and task metric over a 1-D or 2-D grid.
     Landscape(LandscapeArgs),
-    /// Join the shard files of a landscape run (`landscape --shard I/N`) into one landscape.parquet.
+    /// Join the shard files of a landscape run (`landscape --shard I/N`) into one landscape.parquet,
+    /// or of an ablation grid (`ablate --shard I/N`) into one results.parquet.
     Merge(MergeArgs),
+    /// A paper ablation grid (Table 2, Table 4, Fig. 6) as a grid of `train` runs, from a config in analyses/.
+    Ablate(AblateArgs),
+    /// Redraw every figure and table from the Parquet files under --results (no model computation).
+    Figures(FiguresArgs),
     /// Run the command an analysis config names (analyses/*.toml: one per paper figure or table).
     Run {
         /// The config file, e.g. analyses/fig2_landscape_1d_rte.toml.
@@ -341,7 +346,7 @@ struct LandscapeArgs {
 
 #[derive(Args)]
 struct MergeArgs {
-    /// Shard files, or directories holding landscape.shard-*.parquet [default: --out].
+    /// Shard files, or directories holding landscape.shard-*.parquet or results.shard-*.parquet (ablate) [default: --out].
     inputs: Vec<PathBuf>,
     /// Directory of the merged landscape.parquet (and figures).
     #[arg(long)]
@@ -355,6 +360,46 @@ struct MergeArgs {
     /// Where the figures go (default: OUT).
     #[arg(long)]
     figures_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AblateArgs {
+    /// The grid's config, e.g. analyses/table4-modules.toml.
+    config: PathBuf,
+    /// quick (minutes), cpu (hours on 2 cores) or paper (Appendix B, for a GPU); default: the config's base settings.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Add a random-selection cell beside every SIFT cell, at the same budget.
+    #[arg(long)]
+    random: bool,
+    /// Use seeds 1..=N instead of the config's seeds.
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// Run only shard I of N (1-based): the cells whose index mod N is I − 1. Join with `sift-lab merge --out DIR`.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Continue the grid in --out: skip its finished cells, continue a cell from its last epoch.
+    #[arg(long)]
+    resume: bool,
+    /// Print the grid (cells, matched budgets) and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// Output directory: results.parquet, table.md, figures, cells/<cell>/.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct FiguresArgs {
+    /// The results folder: each subfolder an ablate grid, grad-stats or landscape run.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Where the figures, tables and README.md go.
+    #[arg(long, default_value = "figures")]
+    out: PathBuf,
+    /// The analyses folder (to name the config that produced each result).
+    #[arg(long, default_value = "analyses")]
+    analyses: PathBuf,
 }
 
 /// mimalloc's `mi_option_purge_delay` (v3 enum value).
@@ -606,7 +651,93 @@ fn run(cli: Cli) -> Result<()> {
                 std::process::exit(sift_lab::progress::INTERRUPTED_EXIT_CODE);
             }
         }
+        Command::Ablate(args) => {
+            let mut config = ablate::config::load(&args.config, args.preset.as_deref())?;
+            config.random = args.random;
+            if let Some(n) = args.seeds {
+                if n == 0 {
+                    bail!("--seeds 0: at least one seed");
+                }
+                config.axes.seeds = (1..=n).collect();
+            }
+            if args.dry_run {
+                let grid = ablate::cells::expand(&config)?;
+                for note in &grid.notes {
+                    println!("note: {note}");
+                }
+                for cell in &grid.cells {
+                    println!(
+                        "{}  achieved {}{}",
+                        sift_lab::grid::Cell::id(cell),
+                        cell.achieved,
+                        cell.budget_gap()
+                            .map(|g| format!(" ({:+.2} % of the target)", 100.0 * g))
+                            .unwrap_or_default()
+                    );
+                }
+                println!("{} cells", grid.cells.len());
+                return Ok(());
+            }
+            let mut options = ablate::AblateOptions::new(&args.out);
+            if let Some(shard) = &args.shard {
+                options.shard = sift_lab::grid::Shard::parse(shard)?;
+            }
+            options.resume = args.resume;
+            options.command = std::env::args().collect::<Vec<_>>().join(" ");
+            let report = ablate::run(&config, &options)?;
+            println!(
+                "{}: {} of this shard's {} cells ({} computed now, {} already there, {} diverged; grid {} cells)",
+                report.file.display(),
+                report.already_done + report.computed,
+                report.shard_cells,
+                report.computed,
+                report.already_done,
+                report.diverged,
+                report.grid_cells
+            );
+            for path in &report.drawn {
+                println!("wrote {}", path.display());
+            }
+            if report.interrupted {
+                eprintln!("interrupted: the finished cells are saved; rerun with --resume to compute the rest");
+                std::process::exit(130);
+            }
+        }
+        Command::Figures(args) => {
+            let config = figures::FiguresConfig {
+                results: args.results,
+                out: args.out,
+                analyses: args.analyses,
+            };
+            let report = figures::run(&config)?;
+            for path in &report.written {
+                println!("wrote {}", path.display());
+            }
+        }
         Command::Merge(args) => {
+            let ablate_inputs = if args.inputs.is_empty() {
+                vec![args.out.clone()]
+            } else {
+                args.inputs.clone()
+            };
+            if ablate_inputs.iter().any(|p| {
+                ablate::has_shards(p)
+                    || p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("results.shard-"))
+            }) {
+                let report = ablate::merge(&args.inputs, &args.out, args.allow_partial)?;
+                println!(
+                    "{}: {} of {} cells from {} files",
+                    report.file.display(),
+                    report.cells,
+                    report.grid_cells,
+                    report.inputs.len()
+                );
+                for path in &report.drawn {
+                    println!("wrote {}", path.display());
+                }
+                return Ok(());
+            }
             let report = landscape::merge(
                 &args.inputs,
                 &args.out,

@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::model::{EffectiveWeights, Increment, WeightMap};
 use crate::optim::{Decay, Param};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MethodKind {
     Full,

@@ -9,6 +9,7 @@ use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+pub mod budget;
 pub mod grad_stats;
 pub mod landscape;
 
