@@ -109,7 +109,7 @@ def main() -> int:
     # Ablation grids (`item = ...`, run by `sift-lab ablate`) take hours; they resume, not rerun.
     configs = [c for c in configs if "command" in tomllib.loads(c.read_text())]
     # Head-only runs first: trained-head landscapes read their exports.
-    configs.sort(key=lambda c: (0 if c.name.startswith("head_") else 1, c.name))
+    configs.sort(key=lambda c: (0 if c.name.startswith("head-") else 1, c.name))
     failed = False
     for config in configs:
         path, committed = scratch_config(config, args.scratch, args.shard_2d)

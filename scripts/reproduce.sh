@@ -24,7 +24,7 @@ for item in table4-modules fig6-budget table2-glue; do
   "$BIN" ablate "analyses/$item.toml" --preset "$PRESET" $random --out "$RESULTS/$item" $(resume "$RESULTS/$item")
 done
 if [ "$PRESET" = quick ]; then
-  # Fig. 2, 3, 4 at a toy scale (the committed ones come from analyses/fig2_*, fig3_*, fig4_*).
+  # Fig. 2, 3, 4 at a toy scale (the committed ones come from analyses/fig2-*, fig3-*, fig4-*).
   [ -e "$RESULTS/grad-stats-mrpc/hist.parquet" ] || "$BIN" grad-stats --task mrpc --batches 4 --batch-size 8 --max-len 64 --out "$RESULTS/grad-stats-mrpc"
   [ -e "$RESULTS/landscape-1d-rte/landscape.parquet" ] || "$BIN" landscape --task rte --dims 1 --alpha=-0.5:1.5:9 --eval-examples 32 --max-len 64 --out "$RESULTS/landscape-1d-rte"
 fi

@@ -43,7 +43,7 @@ enum Command {
     Figures(FiguresArgs),
     /// Run the command an analysis config names (analyses/*.toml: one per paper figure or table).
     Run {
-        /// The config file, e.g. analyses/fig2_landscape_1d_rte.toml.
+        /// The config file, e.g. analyses/fig2-landscape-1d-rte.toml.
         config: PathBuf,
     },
 }
