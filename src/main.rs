@@ -36,6 +36,8 @@ enum Command {
     Landscape(LandscapeArgs),
     /// Join the shard files of a landscape run (`landscape --shard I/N`) into one landscape.parquet.
     Merge(MergeArgs),
+    /// Memory of fine-tuning a LLaMA-architecture model, row by row (paper Table 1), or what a finished run held.
+    Memory(MemoryArgs),
     /// Run the command an analysis config names (analyses/*.toml: one per paper figure or table).
     Run {
         /// The config file, e.g. analyses/fig2_landscape_1d_rte.toml.
@@ -86,8 +88,15 @@ struct EvalArgs {
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli.
-    #[arg(long, value_parser = task_arg)]
-    task: Task,
+    #[arg(long, value_parser = task_arg, required_unless_present = "mmlu")]
+    task: Option<Task>,
+    /// Zero-shot MMLU of a decoder instead (default model: the default decoder): a folder of
+    /// SUBJECT_test.csv files, or one holding test/ and dev/ folders of them.
+    #[arg(long, conflicts_with = "task")]
+    mmlu: Option<PathBuf>,
+    /// Which MMLU files: test, dev or val.
+    #[arg(long, default_value = "test")]
+    mmlu_split: String,
     #[command(flatten)]
     data: DataArgs,
     /// dev or train.
@@ -172,6 +181,38 @@ struct TrainArgs {
     /// Continue an interrupted run in --out from its last completed epoch.
     #[arg(long)]
     resume: bool,
+}
+
+#[derive(Args)]
+struct MemoryArgs {
+    /// llama-7b, llama-13b, llama-33b, llama-65b, or a LLaMA config.json.
+    #[arg(long, required_unless_present = "run")]
+    config: Option<String>,
+    #[arg(long, value_enum, default_value = "full")]
+    method: sift_lab::memory::MemoryMethod,
+    /// SIFT's fraction of each targeted tensor.
+    #[arg(long, default_value_t = 0.05)]
+    rate: f64,
+    /// Targeted tensors of sift and lora: q, k, v, o, gate, up, down, attention, mlp, all.
+    #[arg(long, default_value = "all")]
+    modules: String,
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
+    /// Weights, gradients and activations (AdamW's moments are fp32).
+    #[arg(long, value_enum, default_value = "bf16")]
+    dtype: sift_lab::memory::Dtype,
+    #[arg(long, default_value_t = 2048)]
+    seq: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Gradient checkpointing: keep only each layer's input.
+    #[arg(long)]
+    checkpointing: bool,
+    /// A finished `sift-lab train` run directory: what it held beside the estimate for its model.
+    #[arg(long, conflicts_with = "config")]
+    run: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -386,10 +427,35 @@ fn main() -> Result<()> {
     }
     match cli.command {
         Command::Eval(args) => {
+            if let Some(dir) = args.mmlu {
+                let model = match (&args.checkpoint, args.model.as_str()) {
+                    (Some(ckpt), _) => ckpt.to_string_lossy().into_owned(),
+                    (None, hub::DEFAULT_MODEL) => hub::DEFAULT_DECODER.to_string(),
+                    (None, other) => other.to_string(),
+                };
+                let config = sift_lab::mmlu::MmluConfig {
+                    model,
+                    dir,
+                    split: args.mmlu_split,
+                    limit: args.limit,
+                    batch_size: args.batch_size,
+                };
+                let options = sift_lab::mmlu::MmluOptions {
+                    predictions: args.predictions,
+                    progress: !args.json,
+                };
+                let report = sift_lab::mmlu::run(&config, &options)?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.render());
+                }
+                return Ok(());
+            }
             let config = eval::EvalConfig {
                 model: args.model,
                 checkpoint: args.checkpoint,
-                task: args.task,
+                task: args.task.context("--task is required")?,
                 data_dir: args.data.dir.resolve()?,
                 split: args.split,
                 limit: args.limit,
@@ -598,6 +664,36 @@ fn main() -> Result<()> {
             }
             for hood in &report.neighbourhoods {
                 println!("{hood}");
+            }
+        }
+        Command::Memory(args) => {
+            if let Some(run) = &args.run {
+                let report = sift_lab::memory::measure_run(run)?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.render());
+                }
+                return Ok(());
+            }
+            let spec = args.config.context("--config is required")?;
+            let config = sift_lab::memory::MemoryConfig {
+                model: sift_lab::memory::MemoryConfig::model_from(&spec)?,
+                model_name: spec,
+                method: args.method,
+                modules: args.modules,
+                rate: args.rate,
+                lora_rank: args.lora_rank,
+                dtype: args.dtype,
+                seq: args.seq,
+                batch: args.batch,
+                checkpointing: args.checkpointing,
+            };
+            let report = sift_lab::memory::run(&config)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
             }
         }
         Command::Run { .. } => unreachable!("replaced by the config's command above"),

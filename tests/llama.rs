@@ -1,0 +1,270 @@
+//! The LLaMA decoder on the real default decoder (SmolLM2-135M-Instruct, Q4_1 GGUF): logits of
+//! every position against transformers (fixture made by tests/fixtures/make_smollm2_logits.py)
+//! and against candle-transformers' quantized llama run on the same GGUF with every tensor
+//! dequantized to f32; KV-cache decoding against the full forward.
+
+mod common;
+
+use std::io::Cursor;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, IndexOp, Tensor};
+use sift_lab::hub::{self, DEFAULT_DECODER};
+use sift_lab::model::decoder::{load_decoder, Decoder};
+use sift_lab::model::llama::KvCache;
+use sift_lab::model::Mode;
+
+fn decoder() -> Decoder {
+    load_decoder(DEFAULT_DECODER, &Device::Cpu).unwrap_or_else(|e| {
+        panic!("{e:#}\n(the tests need the default decoder: run scripts/setup-model.sh)")
+    })
+}
+
+fn fixture() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/smollm2_logits.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn f32s(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// transformers (`gguf_file=`, f32) vs sift-lab on the same dequantized GGUF: the tokenizer's
+/// ids, the 20 largest last-position logits, and at every position the argmax and the logits
+/// of a fixed set of ids, all within 1e-3.
+#[test]
+fn logits_match_transformers_fixture() {
+    let decoder = decoder();
+    let model = decoder.build().unwrap();
+    let fixture = fixture();
+    let probes = u32s(&fixture["probe_ids"]);
+    let mut worst = 0f32;
+    for prompt in fixture["prompts"].as_array().unwrap() {
+        let text = prompt["text"].as_str().unwrap();
+        let ids = u32s(&prompt["ids"]);
+        assert_eq!(decoder.encode(text).unwrap(), ids, "token ids of {text:?}");
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = model
+            .forward(&input, Mode::Inference)
+            .unwrap()
+            .i(0)
+            .unwrap();
+        let rows: Vec<Vec<f32>> = logits.to_vec2().unwrap();
+        assert_eq!(rows.len(), ids.len());
+        let last = rows.last().unwrap();
+        for (id, want) in u32s(&prompt["last_top_ids"])
+            .iter()
+            .zip(f32s(&prompt["last_top_logits"]))
+        {
+            worst = worst.max((last[*id as usize] - want).abs());
+        }
+        for (pos, row) in rows.iter().enumerate() {
+            let want = f32s(&prompt["probe_logits"][pos]);
+            for (id, w) in probes.iter().zip(want) {
+                worst = worst.max((row[*id as usize] - w).abs());
+            }
+            let argmax = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0;
+            assert_eq!(
+                argmax as u64,
+                prompt["argmax"][pos].as_u64().unwrap(),
+                "argmax at position {pos} of {text:?}"
+            );
+        }
+    }
+    eprintln!("max |logit difference| against transformers: {worst:.2e}");
+    assert!(worst < 1e-3, "max |logit difference| {worst}");
+}
+
+/// The GGUF with every tensor dequantized to f32, written back as GGUF in memory, so that
+/// candle-transformers' quantized llama runs the same numbers through its own code (llama.cpp's
+/// interleaved rotary on the permuted q/k rows; ours unpermutes them).
+fn candle_transformers_reference() -> candle_transformers::models::quantized_llama::ModelWeights {
+    let snapshot = hub::cached_snapshot(DEFAULT_DECODER, false).unwrap();
+    let path = std::fs::read_dir(&snapshot)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .unwrap();
+    let device = Device::Cpu;
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let q = content.tensor(&mut file, name, &device).unwrap();
+        let f32 = q.dequantize(&device).unwrap();
+        tensors.push((
+            name.clone(),
+            QTensor::quantize(&f32, GgmlDType::F32).unwrap(),
+        ));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut bytes = Cursor::new(Vec::new());
+    gguf_file::write(&mut bytes, &metadata, &tensor_refs).unwrap();
+    bytes.set_position(0);
+    let content = gguf_file::Content::read(&mut bytes).unwrap();
+    candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+        content, &mut bytes, &device,
+    )
+    .unwrap()
+}
+
+#[test]
+fn last_logits_match_candle_transformers_quantized_llama() {
+    let decoder = decoder();
+    let model = decoder.build().unwrap();
+    let mut reference = candle_transformers_reference();
+    let mut worst = 0f32;
+    for text in [
+        "The capital of France is",
+        "Below is an instruction that describes a task.\n\n### Instruction:\nAdd 17 and 25.\n\n### Response:\n",
+    ] {
+        let ids = decoder.encode(text).unwrap();
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let ours: Vec<f32> = model
+            .forward(&input, Mode::Inference)
+            .unwrap()
+            .i((0, ids.len() - 1))
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        reference.clear_kv_cache();
+        let theirs: Vec<f32> = reference
+            .forward(&input, 0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        for (a, b) in ours.iter().zip(&theirs) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    eprintln!("max |logit difference| against candle-transformers: {worst:.2e}");
+    assert!(worst < 1e-3, "max |logit difference| {worst}");
+}
+
+/// Decoding with the KV cache (a prompt, then one token at a time) gives the logits the full
+/// forward gives at each position; so does a batch right-padded with other tokens.
+#[test]
+fn kv_cache_and_padding_leave_logits_unchanged() {
+    let decoder = decoder();
+    let model = decoder.build().unwrap();
+    let ids = decoder
+        .encode("def add(a, b):\n    return a + b\n\nprint(add(2, 3))")
+        .unwrap();
+    let n = ids.len();
+    let full = model
+        .forward(
+            &Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            Mode::Inference,
+        )
+        .unwrap()
+        .i(0)
+        .unwrap();
+    let mut cache = KvCache::default();
+    let prompt = 5;
+    let mut pieces = vec![model
+        .forward_cached(
+            &Tensor::new(&ids[..prompt], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            &mut cache,
+        )
+        .unwrap()
+        .i(0)
+        .unwrap()];
+    for &id in &ids[prompt..] {
+        pieces.push(
+            model
+                .forward_cached(&Tensor::new(&[[id]], &Device::Cpu).unwrap(), &mut cache)
+                .unwrap()
+                .i(0)
+                .unwrap(),
+        );
+    }
+    assert_eq!(cache.len(), n);
+    let cached = Tensor::cat(&pieces, 0).unwrap();
+    let diff = (cached - &full)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-3, "KV-cache logits differ by {diff}");
+
+    // Right padding: the first n positions of a padded row equal the unpadded row.
+    let mut padded = ids.clone();
+    padded.extend([2u32, 2, 2, 17]);
+    let batch = Tensor::new(vec![padded.clone(), padded], &Device::Cpu).unwrap();
+    let out = model.forward(&batch, Mode::Inference).unwrap();
+    let diff = (out.i((1, 0..n)).unwrap() - &full)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-4, "padded logits differ by {diff}");
+}
+
+/// The training-mode forward (candle ops autograd differentiates) equals the inference one.
+#[test]
+fn training_forward_equals_inference_forward() {
+    let decoder = decoder();
+    let model = decoder.build().unwrap();
+    let ids = decoder.encode("Name three primary colors.").unwrap();
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let a = model.forward(&input, Mode::Inference).unwrap();
+    let b = model.forward(&input, Mode::Training).unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-3, "modes differ by {diff}");
+}
