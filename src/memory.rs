@@ -330,14 +330,14 @@ impl RunMemory {
             self.method,
             self.model
         );
-        out += &format!("{:<26} {:>14} {:>14}\n", "", "measured GiB", "estimate GiB");
+        out += &format!("{:<34} {:>14} {:>14}\n", "", "measured MiB", "estimate MiB");
         let gib = |b: Option<u64>| match b {
-            Some(b) => format!("{:.4}", b as f64 / GIB),
+            Some(b) => format!("{:.3}", b as f64 / (1u64 << 20) as f64),
             None => "-".into(),
         };
         for row in &self.rows {
             out += &format!(
-                "{:<26} {:>14} {:>14}\n",
+                "{:<34} {:>14} {:>14}\n",
                 row.item,
                 gib(row.measured_bytes),
                 gib(row.estimate_bytes)
@@ -431,21 +431,24 @@ pub fn measure_run(run: &Path) -> Result<RunMemory> {
     };
 
     // Parameters as held: every tensor of the checkpoint files in f32, plus the head.
+    // (The head is seeded when the checkpoint lacks it, so it is counted from its shapes.)
+    let head_names: Vec<String> = head_shapes(encoder.family()?, encoder.hidden_size, num_labels)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let mut file_params = 0u64;
     for path in &files.weights {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .with_context(|| format!("{}: not safetensors", path.display()))?;
         for (name, info) in meta.tensors() {
-            let kept = shapes.iter().any(|(n, _)| {
-                name == *n || name.ends_with(&format!(".{n}")) || name.ends_with(n.as_str())
-            });
-            if kept {
+            let is = |n: &String| name == *n || name.ends_with(&format!(".{n}"));
+            if shapes.iter().any(|(n, _)| is(n)) && !head_names.iter().any(is) {
                 file_params += info.shape.iter().product::<usize>() as u64;
             }
         }
     }
-    let held_params = file_params.max(all - head) + head;
+    let held_params = file_params + head;
     let measured_trainable = as_u64(&["trainable_params"])?;
     let peak = field(&["peak_rss_mib"])?
         .as_f64()

@@ -3,6 +3,7 @@
 //! The pipeline is `load_examples` (raw rows) → `encode_examples` (token ids) → `Dataset`
 //! (both, plus the pad id) → `Dataset::batches` (padded tensors on a device).
 
+pub mod alpaca;
 mod batches;
 mod dataset;
 mod encode;
