@@ -25,3 +25,4 @@ pub mod plot;
 pub mod progress;
 pub mod select;
 pub mod train;
+pub mod train_lm;

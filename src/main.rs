@@ -123,8 +123,15 @@ struct TrainArgs {
     #[arg(long, default_value = hub::DEFAULT_MODEL)]
     model: String,
     /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli.
-    #[arg(long, value_parser = task_arg)]
-    task: Task,
+    #[arg(long, value_parser = task_arg, required_unless_present = "instructions")]
+    task: Option<Task>,
+    /// Instruction-tune a decoder instead (default model: the default decoder) on this Alpaca
+    /// JSON file (a list of {instruction, input, output}); --modules then takes q, k, v, o, gate, up, down.
+    #[arg(long, conflicts_with = "task")]
+    instructions: Option<PathBuf>,
+    /// Fraction of the instruction records held out for the per-epoch loss (drawn from --seed).
+    #[arg(long, default_value_t = 0.1)]
+    held_out: f64,
     #[command(flatten)]
     data: DataArgs,
     /// How the pretrained weights are fine-tuned.
@@ -497,9 +504,39 @@ fn main() -> Result<()> {
             }
         }
         Command::Train(args) => {
+            if let Some(instructions) = args.instructions {
+                let model = match args.model.as_str() {
+                    hub::DEFAULT_MODEL => hub::DEFAULT_DECODER.to_string(),
+                    other => other.to_string(),
+                };
+                let config = sift_lab::train_lm::LmTrainConfig {
+                    model,
+                    instructions,
+                    method: args.method,
+                    modules: args.modules,
+                    rate: args.rate,
+                    lora_rank: args.lora_rank,
+                    lora_alpha: args.lora_alpha,
+                    epochs: args.epochs,
+                    lr: args.lr,
+                    batch_size: args.batch_size,
+                    max_len: args.data.max_len,
+                    held_out: args.held_out,
+                    weight_decay: args.weight_decay,
+                    warmup_ratio: args.warmup_ratio,
+                    max_grad_norm: args.max_grad_norm,
+                    seed: args.seed,
+                    train_limit: args.train_limit,
+                    eval_limit: args.eval_limit,
+                };
+                let options = sift_lab::train_lm::LmTrainOptions { out: args.out };
+                let summary = sift_lab::train_lm::run(&config, &options)?;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(());
+            }
             let config = train::TrainConfig {
                 model: args.model,
-                task: args.task,
+                task: args.task.context("--task is required")?,
                 data_dir: args.data.dir.resolve()?,
                 method: args.method,
                 modules: args.modules,
