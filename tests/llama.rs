@@ -268,3 +268,101 @@ fn training_forward_equals_inference_forward() {
         .unwrap();
     assert!(diff < 1e-3, "modes differ by {diff}");
 }
+
+/// `eval --mmlu` on a hand-made subject in both layouts: the same predictions, one row per
+/// question in the Parquet file, and the accuracy as the share of correct rows.
+#[test]
+fn mmlu_cli_reads_both_layouts() {
+    let dir = common::temp_dir("mmlu");
+    let original = dir.path().join("orig");
+    let indexed = dir.path().join("indexed");
+    std::fs::create_dir_all(&original).unwrap();
+    std::fs::create_dir_all(&indexed).unwrap();
+    std::fs::write(
+        original.join("geography_test.csv"),
+        "What is the capital of France?,Berlin,Paris,Rome,Madrid,B\n\"Which ocean is the largest?\",Atlantic,Indian,Arctic,Pacific,D\n",
+    )
+    .unwrap();
+    std::fs::write(
+        indexed.join("geography_test.csv"),
+        "question,choice0,choice1,choice2,choice3,answer\nWhat is the capital of France?,Berlin,Paris,Rome,Madrid,1\n\"Which ocean is the largest?\",Atlantic,Indian,Arctic,Pacific,3\n",
+    )
+    .unwrap();
+    let mut reports = Vec::new();
+    for folder in [&original, &indexed] {
+        let parquet = folder.join("preds.parquet");
+        let out = common::run_ok(common::sift_lab().args([
+            "--threads",
+            "2",
+            "eval",
+            "--mmlu",
+            folder.to_str().unwrap(),
+            "--predictions",
+            parquet.to_str().unwrap(),
+            "--json",
+        ]));
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let frame = sift_lab::output::read_parquet(&parquet).unwrap();
+        assert_eq!(frame.height(), 2);
+        let answers = sift_lab::output::column::strings(&frame, "answer").unwrap();
+        let preds = sift_lab::output::column::strings(&frame, "prediction").unwrap();
+        assert_eq!(answers, ["B", "D"]);
+        let share = answers.iter().zip(&preds).filter(|(a, p)| a == p).count() as f64 / 2.0;
+        assert_eq!(report["accuracy"].as_f64().unwrap(), share);
+        assert_eq!(report["subjects"][0]["subject"], "geography");
+        reports.push(preds);
+    }
+    assert_eq!(reports[0], reports[1]);
+}
+
+/// `train --instructions` with full fine-tuning on 8 records for 2 epochs at a high rate: the
+/// training loss falls (the same 8 records twice), and the files are written.
+#[test]
+fn instruction_tuning_cli_lowers_the_training_loss() {
+    let dir = common::temp_dir("lm-train");
+    let out = dir.path().join("run");
+    let alpaca = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/alpaca/alpaca_data_1k.json"
+    );
+    let text = common::run_ok(common::sift_lab().args([
+        "--threads",
+        "2",
+        "train",
+        "--instructions",
+        alpaca,
+        "--method",
+        "sift",
+        "--modules",
+        "q,v,down",
+        "--rate",
+        "0.05",
+        "--lr",
+        "1e-3",
+        "--warmup-ratio",
+        "0",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-len",
+        "64",
+        "--train-limit",
+        "8",
+        "--eval-limit",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let epochs = summary["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    let first = epochs[0]["train_loss"].as_f64().unwrap();
+    let second = epochs[1]["train_loss"].as_f64().unwrap();
+    assert!(second < first, "training loss {first} → {second}");
+    // 30 layers × (⌊0.05·576²⌋ + ⌊0.05·192·576⌋ + ⌊0.05·576·1536⌋).
+    assert_eq!(summary["trainable_params"], 30 * (16588 + 5529 + 44236));
+    for file in ["metrics.parquet", "summary.json", "delta.safetensors"] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+}
