@@ -529,7 +529,10 @@ fn main() -> Result<()> {
                     train_limit: args.train_limit,
                     eval_limit: args.eval_limit,
                 };
-                let options = sift_lab::train_lm::LmTrainOptions { out: args.out };
+                let options = sift_lab::train_lm::LmTrainOptions {
+                    out: args.out,
+                    export_hf: args.export_hf,
+                };
                 let summary = sift_lab::train_lm::run(&config, &options)?;
                 println!("{}", serde_json::to_string_pretty(&summary)?);
                 return Ok(());

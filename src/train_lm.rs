@@ -5,7 +5,8 @@
 //! training pass (`backprop::llama`), with AdamW, the schedule and clipping of `optim.rs`.
 //!
 //! Writes metrics.parquet (one row per epoch), summary.json and delta.safetensors to `--out`.
-//! Not yet: `--resume`, `--export-hf`, per-step rows.
+//! `--export-hf DIR`: θ1 + Δ merged as a transformers `LlamaForCausalLM` checkpoint. Not yet:
+//! `--resume`, per-step rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub struct LmTrainConfig {
 #[derive(Debug, Clone)]
 pub struct LmTrainOptions {
     pub out: PathBuf,
+    /// Also write θ1 + Δ merged as a transformers `LlamaForCausalLM` checkpoint here.
+    pub export_hf: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +85,8 @@ pub struct LmTrainSummary {
     pub gradient_state_bytes: usize,
     /// Before any update.
     pub initial_held_out_loss: f64,
+    /// Indices (in the file) of the held-out records the loss is computed on.
+    pub held_out_records_used: Vec<usize>,
     pub epochs: Vec<EpochRow>,
     pub peak_rss_mib: Option<f64>,
     pub seconds: f64,
@@ -353,6 +358,14 @@ pub fn run(config: &LmTrainConfig, options: &LmTrainOptions) -> Result<LmTrainSu
         Some(meta),
         &out.join("delta.safetensors"),
     )?;
+    if let Some(dir) = &options.export_hf {
+        crate::model::decoder::save_transformers(
+            dir,
+            &decoder.config,
+            &method.merged()?,
+            &decoder.tokenizer,
+        )?;
+    }
     let summary = LmTrainSummary {
         config: config.clone(),
         status: status.into(),
@@ -363,6 +376,7 @@ pub fn run(config: &LmTrainConfig, options: &LmTrainOptions) -> Result<LmTrainSu
         optimizer_state_bytes: optimizer.state_bytes(),
         gradient_state_bytes: trainable * 4,
         initial_held_out_loss: initial,
+        held_out_records_used: held.iter().map(|e| e.record).collect(),
         epochs,
         peak_rss_mib: crate::peak_rss::peak_rss_mib(),
         seconds: started.elapsed().as_secs_f64(),

@@ -119,3 +119,55 @@ fn from_transformers(name: &str, dir: &Path, device: &Device) -> Result<Decoder>
         tokenizer,
     })
 }
+
+/// Writes `weights` (transformers' names) as a `LlamaForCausalLM` checkpoint in `dir`:
+/// model.safetensors (f32), config.json and tokenizer.json. transformers'
+/// `AutoModelForCausalLM.from_pretrained(dir)` and `sift-lab eval --mmlu --model DIR` load it.
+/// Refuses a directory that already holds a model.
+pub fn save_transformers(
+    dir: &Path,
+    config: &LlamaConfig,
+    weights: &WeightMap,
+    tokenizer: &tokenizers::Tokenizer,
+) -> Result<()> {
+    if dir.join("model.safetensors").exists() {
+        bail!(
+            "--export-hf {}: already holds a model.safetensors; pass another directory",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut names: Vec<&String> = weights.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, candle_core::Tensor)> = names
+        .into_iter()
+        .filter(|n| !(config.tie_word_embeddings && n.as_str() == "lm_head.weight"))
+        .map(|n| Ok((n.clone(), weights[n].to_dtype(DType::F32)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let path = dir.join("model.safetensors");
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(meta),
+        &path,
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    let mut json = serde_json::to_value(config)?;
+    let extra = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "attention_bias": false,
+        "mlp_bias": false,
+        "torch_dtype": "float32",
+    });
+    if let (Some(obj), Some(more)) = (json.as_object_mut(), extra.as_object()) {
+        obj.extend(more.clone());
+        obj.retain(|_, v| !v.is_null());
+    }
+    crate::output::write_json(&dir.join("config.json"), &json)?;
+    tokenizer
+        .save(dir.join("tokenizer.json"), false)
+        .map_err(|e| anyhow::anyhow!("writing {}/tokenizer.json: {e}", dir.display()))?;
+    Ok(())
+}
