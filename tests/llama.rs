@@ -366,3 +366,48 @@ fn instruction_tuning_cli_lowers_the_training_loss() {
         assert!(out.join(file).is_file(), "{file}");
     }
 }
+
+/// A transformers checkpoint written by `save_transformers` loads back (config.json,
+/// safetensors, tokenizer.json) to the same token ids and the same logits as the GGUF.
+#[test]
+fn transformers_export_round_trips() {
+    let decoder = decoder();
+    let dir = common::temp_dir("llama-export");
+    let out = dir.path().join("hf");
+    sift_lab::model::decoder::save_transformers(
+        &out,
+        &decoder.config,
+        &decoder.weights,
+        &decoder.tokenizer,
+    )
+    .unwrap();
+    let reloaded = load_decoder(out.to_str().unwrap(), &Device::Cpu).unwrap();
+    assert_eq!(reloaded.config, decoder.config);
+    let text = "Give three tips for staying healthy. 1. Eat 5 fruits";
+    let ids = decoder.encode(text).unwrap();
+    assert_eq!(reloaded.encode(text).unwrap(), ids);
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let a = decoder.build().unwrap().forward(&input, Mode::Inference).unwrap();
+    let b = reloaded.build().unwrap().forward(&input, Mode::Inference).unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+    // Refuses to overwrite.
+    let err = sift_lab::model::decoder::save_transformers(
+        &out,
+        &decoder.config,
+        &decoder.weights,
+        &decoder.tokenizer,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("already holds"));
+}
