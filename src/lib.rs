@@ -7,6 +7,7 @@ pub mod bench;
 pub mod budget;
 pub mod data;
 pub mod eval;
+pub mod generate;
 pub mod grad_stats;
 pub mod gradients;
 pub mod grid;
