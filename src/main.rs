@@ -41,6 +41,8 @@ enum Command {
     Ablate(AblateArgs),
     /// Redraw every figure and table from the Parquet files under --results (no model computation).
     Figures(FiguresArgs),
+    /// Memory of fine-tuning a LLaMA-architecture model, row by row (paper Table 1), or what a finished run held.
+    Memory(MemoryArgs),
     /// Run the command an analysis config names (analyses/*.toml: one per paper figure or table).
     Run {
         /// The config file, e.g. analyses/fig2-landscape-1d-rte.toml.
@@ -91,8 +93,15 @@ struct EvalArgs {
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli.
-    #[arg(long, value_parser = task_arg)]
-    task: Task,
+    #[arg(long, value_parser = task_arg, required_unless_present = "mmlu")]
+    task: Option<Task>,
+    /// Zero-shot MMLU of a decoder instead (default model: the default decoder): a folder of
+    /// SUBJECT_test.csv files, or one holding test/ and dev/ folders of them.
+    #[arg(long, conflicts_with = "task")]
+    mmlu: Option<PathBuf>,
+    /// Which MMLU files: test, dev or val.
+    #[arg(long, default_value = "test")]
+    mmlu_split: String,
     #[command(flatten)]
     data: DataArgs,
     /// dev or train.
@@ -119,8 +128,15 @@ struct TrainArgs {
     #[arg(long, default_value = hub::DEFAULT_MODEL)]
     model: String,
     /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli.
-    #[arg(long, value_parser = task_arg)]
-    task: Task,
+    #[arg(long, value_parser = task_arg, required_unless_present = "instructions")]
+    task: Option<Task>,
+    /// Instruction-tune a decoder instead (default model: the default decoder) on this Alpaca
+    /// JSON file (a list of {instruction, input, output}); --modules then takes q, k, v, o, gate, up, down.
+    #[arg(long, conflicts_with = "task")]
+    instructions: Option<PathBuf>,
+    /// Fraction of the instruction records held out for the per-epoch loss (drawn from --seed).
+    #[arg(long, default_value_t = 0.1)]
+    held_out: f64,
     #[command(flatten)]
     data: DataArgs,
     /// How the pretrained weights are fine-tuned.
@@ -177,6 +193,38 @@ struct TrainArgs {
     /// Continue an interrupted run in --out from its last completed epoch.
     #[arg(long)]
     resume: bool,
+}
+
+#[derive(Args)]
+struct MemoryArgs {
+    /// llama-7b, llama-13b, llama-33b, llama-65b, or a LLaMA config.json.
+    #[arg(long, required_unless_present = "run")]
+    config: Option<String>,
+    #[arg(long, value_enum, default_value = "full")]
+    method: sift_lab::memory::MemoryMethod,
+    /// SIFT's fraction of each targeted tensor.
+    #[arg(long, default_value_t = 0.05)]
+    rate: f64,
+    /// Targeted tensors of sift and lora: q, k, v, o, gate, up, down, attention, mlp, all.
+    #[arg(long, default_value = "all")]
+    modules: String,
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
+    /// Weights, gradients and activations (AdamW's moments are fp32).
+    #[arg(long, value_enum, default_value = "bf16")]
+    dtype: sift_lab::memory::Dtype,
+    #[arg(long, default_value_t = 2048)]
+    seq: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Gradient checkpointing: keep only each layer's input.
+    #[arg(long)]
+    checkpointing: bool,
+    /// A finished `sift-lab train` run directory: what it held beside the estimate for its model.
+    #[arg(long, conflicts_with = "config")]
+    run: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -444,10 +492,35 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Eval(args) => {
+            if let Some(dir) = args.mmlu {
+                let model = match (&args.checkpoint, args.model.as_str()) {
+                    (Some(ckpt), _) => ckpt.to_string_lossy().into_owned(),
+                    (None, hub::DEFAULT_MODEL) => hub::DEFAULT_DECODER.to_string(),
+                    (None, other) => other.to_string(),
+                };
+                let config = sift_lab::mmlu::MmluConfig {
+                    model,
+                    dir,
+                    split: args.mmlu_split,
+                    limit: args.limit,
+                    batch_size: args.batch_size,
+                };
+                let options = sift_lab::mmlu::MmluOptions {
+                    predictions: args.predictions,
+                    progress: !args.json,
+                };
+                let report = sift_lab::mmlu::run(&config, &options)?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.render());
+                }
+                return Ok(());
+            }
             let config = eval::EvalConfig {
                 model: args.model,
                 checkpoint: args.checkpoint,
-                task: args.task,
+                task: args.task.context("--task is required")?,
                 data_dir: args.data.dir.resolve()?,
                 split: args.split,
                 limit: args.limit,
@@ -489,9 +562,42 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Train(args) => {
+            if let Some(instructions) = args.instructions {
+                let model = match args.model.as_str() {
+                    hub::DEFAULT_MODEL => hub::DEFAULT_DECODER.to_string(),
+                    other => other.to_string(),
+                };
+                let config = sift_lab::train_lm::LmTrainConfig {
+                    model,
+                    instructions,
+                    method: args.method,
+                    modules: args.modules,
+                    rate: args.rate,
+                    lora_rank: args.lora_rank,
+                    lora_alpha: args.lora_alpha,
+                    epochs: args.epochs,
+                    lr: args.lr,
+                    batch_size: args.batch_size,
+                    max_len: args.data.max_len,
+                    held_out: args.held_out,
+                    weight_decay: args.weight_decay,
+                    warmup_ratio: args.warmup_ratio,
+                    max_grad_norm: args.max_grad_norm,
+                    seed: args.seed,
+                    train_limit: args.train_limit,
+                    eval_limit: args.eval_limit,
+                };
+                let options = sift_lab::train_lm::LmTrainOptions {
+                    out: args.out,
+                    export_hf: args.export_hf,
+                };
+                let summary = sift_lab::train_lm::run(&config, &options)?;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(());
+            }
             let config = train::TrainConfig {
                 model: args.model,
-                task: args.task,
+                task: args.task.context("--task is required")?,
                 data_dir: args.data.dir.resolve()?,
                 method: args.method,
                 modules: args.modules,
@@ -757,6 +863,36 @@ fn run(cli: Cli) -> Result<()> {
             }
             for hood in &report.neighbourhoods {
                 println!("{hood}");
+            }
+        }
+        Command::Memory(args) => {
+            if let Some(run) = &args.run {
+                let report = sift_lab::memory::measure_run(run)?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.render());
+                }
+                return Ok(());
+            }
+            let spec = args.config.context("--config is required")?;
+            let config = sift_lab::memory::MemoryConfig {
+                model: sift_lab::memory::MemoryConfig::model_from(&spec)?,
+                model_name: spec,
+                method: args.method,
+                modules: args.modules,
+                rate: args.rate,
+                lora_rank: args.lora_rank,
+                dtype: args.dtype,
+                seq: args.seq,
+                batch: args.batch,
+                checkpointing: args.checkpointing,
+            };
+            let report = sift_lab::memory::run(&config)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
             }
         }
         Command::Run { .. } => unreachable!("replaced by the config's command above"),

@@ -146,6 +146,48 @@ pub fn target_names(spec: &str, config: &EncoderConfig) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The module sets `--modules` accepts for a LLaMA-architecture decoder (comma-separated).
+pub const DECODER_MODULE_SETS: &str = "q, k, v, o (attention projections), gate, up, down (SwiGLU projections), attention (q,k,v,o), mlp (gate,up,down), all (every tensor, embeddings and norms included)";
+
+/// The tensors of a decoder (transformers' `LlamaForCausalLM` names, given in architecture
+/// order) that a `--modules` spec targets, in that order.
+pub fn decoder_target_names(spec: &str, names: &[String]) -> Result<Vec<String>> {
+    let mut wanted: Vec<&str> = Vec::new();
+    for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let suffixes: &[&str] = match token {
+            "q" => &["self_attn.q_proj.weight"],
+            "k" => &["self_attn.k_proj.weight"],
+            "v" => &["self_attn.v_proj.weight"],
+            "o" => &["self_attn.o_proj.weight"],
+            "gate" => &["mlp.gate_proj.weight"],
+            "up" => &["mlp.up_proj.weight"],
+            "down" => &["mlp.down_proj.weight"],
+            "attention" | "attn" => &[
+                "self_attn.q_proj.weight",
+                "self_attn.k_proj.weight",
+                "self_attn.v_proj.weight",
+                "self_attn.o_proj.weight",
+            ],
+            "mlp" | "ffn" => &[
+                "mlp.gate_proj.weight",
+                "mlp.up_proj.weight",
+                "mlp.down_proj.weight",
+            ],
+            "all" => &[""],
+            other => bail!("--modules: unknown module {other:?}; use {DECODER_MODULE_SETS}"),
+        };
+        wanted.extend_from_slice(suffixes);
+    }
+    if wanted.is_empty() {
+        bail!("--modules is empty; use {DECODER_MODULE_SETS}");
+    }
+    Ok(names
+        .iter()
+        .filter(|name| wanted.iter().any(|suffix| name.ends_with(suffix)))
+        .cloned()
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

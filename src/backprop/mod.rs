@@ -11,7 +11,8 @@
 //! (`crate::kernels`). The pass runs on the batch's real tokens only: padding changes no loss
 //! and no gradient, so it is not computed.
 //!
-//! Layout: one file per architecture of `crate::model` (`bert.rs` for `model/bert.rs`), reading
+//! Layout: one file per architecture of `crate::model` (`bert.rs` for `model/bert.rs`, `llama.rs`
+//! for `model/llama.rs`), reading
 //! that architecture's structs; this file holds what is architecture-independent: read access
 //! to the tensors ([`Held`]), the linear layer and layer norm passes with the method's increment
 //! folded in ([`Params`]), the loss and its logit gradient, and the hand-over of the gradients
@@ -22,6 +23,7 @@
 //! non-linear targets) and LoRA.
 
 pub mod bert;
+pub mod llama;
 
 pub use bert::{logits, loss_and_gradients};
 

@@ -1,12 +1,14 @@
-//! GLUE data: task definitions, TSV loading, tokenisation and batching.
+//! GLUE data: task definitions, TSV loading, tokenisation and batching; `mmlu.rs`: MMLU CSVs.
 //!
 //! The pipeline is `load_examples` (raw rows) → `encode_examples` (token ids) → `Dataset`
 //! (both, plus the pad id) → `Dataset::batches` (padded tensors on a device).
 
+pub mod alpaca;
 mod batches;
 mod dataset;
 mod encode;
 mod location;
+pub mod mmlu;
 mod tasks;
 mod tsv;
 

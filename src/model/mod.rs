@@ -4,16 +4,22 @@
 //!   `init.rs`: θ0; `increment.rs`: what a fine-tuning method adds to linear weights;
 //! - `layers.rs`: the building blocks the architectures share (linear layer, layer norm);
 //! - one file per architecture: `bert.rs` (BERT, MiniLM, RoBERTa encoders with their
-//!   classification head).
+//!   classification head), `llama.rs` (LLaMA-architecture decoders: logits of every position,
+//!   KV-cache decoding);
+//! - `gguf.rs`: GGUF files as a LLaMA weight map (names, q/k rows, tokenizer); `decoder.rs`:
+//!   a decoder from a GGUF file, a transformers directory or the hub cache.
 //!
 //! An architecture's hand-written training pass lives beside the others in `crate::backprop`
 //! (`backprop/bert.rs` for `model/bert.rs`), its CPU kernels in `crate::kernels`.
 
 pub mod bert;
 pub mod config;
+pub mod decoder;
+pub mod gguf;
 pub mod increment;
 pub mod init;
 pub mod layers;
+pub mod llama;
 pub mod weights;
 
 use std::collections::BTreeSet;
