@@ -22,4 +22,5 @@ pub mod peak_rss;
 pub mod plot;
 pub mod progress;
 pub mod select;
+pub mod sharpness;
 pub mod train;
