@@ -149,11 +149,16 @@ impl Figure for AlphaFigure {
                         BLACK.mix(0.5).stroke_width(2),
                     ))
                     .map_err(drawing_err)?;
-                let style =
-                    TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Left, VPos::Top));
+                // Labels inside the plot, on the side of the line that has room.
+                let (dx, h) = if *a > (a0 + a1) / 2.0 {
+                    (-6, HPos::Right)
+                } else {
+                    (6, HPos::Left)
+                };
+                let style = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(h, VPos::Top));
                 chart
                     .draw_series(std::iter::once(
-                        EmptyElement::at((*a, hi)) + Text::new(label.clone(), (6, 6), style),
+                        EmptyElement::at((*a, hi)) + Text::new(label.clone(), (dx, 6), style),
                     ))
                     .map_err(drawing_err)?;
             }

@@ -79,9 +79,17 @@ pub struct EndPoints {
 
 impl std::fmt::Display for EndPoints {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A ratio of traces only means something when both are clearly positive.
+        let trace_ratio = if self.trace_theta0 > 2.0 * self.trace_theta0_se
+            && self.trace_theta1 > 2.0 * self.trace_theta1_se
+        {
+            format!("×{:.2}", self.trace_ratio)
+        } else {
+            "ratio not resolved: a trace within 2 s.e. of 0".to_string()
+        };
         write!(
             f,
-            "{} ({} params): λ_max θ0 {:.4}, θ1 {:.4} (×{:.2}); trace θ0 {:.3} ± {:.3}, θ1 {:.3} ± {:.3} (×{:.2})",
+            "{} ({} params): λ_max θ0 {:.4}, θ1 {:.4} (×{:.2}); trace θ0 {:.3} ± {:.3}, θ1 {:.3} ± {:.3} ({trace_ratio})",
             self.scope,
             self.params,
             self.lambda_max_theta0,
@@ -91,7 +99,6 @@ impl std::fmt::Display for EndPoints {
             self.trace_theta0_se,
             self.trace_theta1,
             self.trace_theta1_se,
-            self.trace_ratio
         )
     }
 }
