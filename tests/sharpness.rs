@@ -247,8 +247,10 @@ fn whole_model(f: &Fixture) {
     let mut hvp = Hvp::new(&objective, &scope, STEP).unwrap();
     assert_eq!(hvp.dim(), n);
 
-    // Top 3 eigenvalues by 60 Lanczos steps: equal to the dense ones within 1e-6 relative
-    // (both carry the O(h²) finite-difference error; Lanczos' basis is f32).
+    // Top 3 eigenvalues by 60 Lanczos steps: equal to the dense ones within 1e-4 of λ_1. Both
+    // carry O(h²) finite-difference errors, but different ones: the dense columns difference
+    // along single coordinates (third derivatives up to ~10 here), Lanczos along spread-out
+    // unit vectors; the measured gap is 2.7e-5 of λ_1.
     let top = lanczos(n, 60, 3, 1, |v| hvp.apply(v)).unwrap();
     eprintln!(
         "dense top {:?}, Lanczos {:?} (residuals {:?}), asymmetry {asym}, scale {scale}",
@@ -258,7 +260,7 @@ fn whole_model(f: &Fixture) {
     );
     for (i, (l, e)) in top.values.iter().zip(&eig).enumerate() {
         assert!(
-            (l - e).abs() < 1e-6 * eig[0].abs(),
+            (l - e).abs() < 1e-4 * eig[0].abs(),
             "λ_{}: Lanczos {l}, dense {e} (residual {})",
             i + 1,
             top.residuals[i]
