@@ -28,5 +28,6 @@ pub mod plot;
 pub mod progress;
 pub mod run_lock;
 pub mod select;
+pub mod sharpness;
 pub mod train;
 pub mod train_lm;

@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use sift_lab::data::{self, Split, Task};
-use sift_lab::{ablate, analysis_config, bench, eval, figures, grad_stats, hub, landscape, train};
+use sift_lab::{
+    ablate, analysis_config, bench, eval, figures, grad_stats, hub, landscape, sharpness, train,
+};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +45,8 @@ enum Command {
     Figures(FiguresArgs),
     /// Memory of fine-tuning a LLaMA-architecture model, row by row (paper Table 1), or what a finished run held.
     Memory(MemoryArgs),
+    /// Hessian sharpness along θ0 → θ1: top eigenvalues (Lanczos) and trace (Hutchinson) of the mean loss, per scope.
+    Sharpness(SharpnessArgs),
     /// Run the command an analysis config names (analyses/*.toml: one per paper figure or table).
     Run {
         /// The config file, e.g. analyses/fig2-landscape-1d-rte.toml.
@@ -450,6 +454,155 @@ struct FiguresArgs {
     analyses: PathBuf,
 }
 
+#[derive(Args)]
+struct SharpnessArgs {
+    /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli.
+    #[arg(long, required_unless_present = "plot_only", value_parser = task_arg)]
+    task: Option<Task>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Hugging Face Hub id (resolved through the local cache) or a model directory: θ1.
+    #[arg(long, default_value = hub::DEFAULT_MODEL)]
+    model: String,
+    /// α points START:STOP:COUNT of θ(α) = (1 − α)·θ0 + α·θ1, both ends included.
+    #[arg(long, allow_hyphen_values = true, default_value = "0:1:3")]
+    alpha: String,
+    /// Comma-separated scopes: all, per-layer, per-tensor, sift, random, tensors.
+    #[arg(long, default_value = "all")]
+    scopes: String,
+    /// Globs of the `tensors` scope (comma-separated, '*' any characters, '?' one).
+    #[arg(long)]
+    scope_tensors: Option<String>,
+    /// Tensors of the sift and random masks (as train --modules).
+    #[arg(long, default_value = "q,k,v,o")]
+    mask_modules: String,
+    /// The masks' budget: k = max(1, ⌊rate·numel⌋) entries per tensor.
+    #[arg(long, default_value_t = 0.01)]
+    mask_rate: f64,
+    /// lanczos (top-k, algebraically largest) or power (largest |λ|, top-1).
+    #[arg(long, value_enum, default_value = "lanczos")]
+    method: sharpness::EigenMethod,
+    /// Lanczos steps or power iterations (one Hessian-vector product each).
+    #[arg(long, default_value_t = 10)]
+    iterations: usize,
+    /// Eigenvalues reported.
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// Hutchinson's Rademacher probes (one Hessian-vector product each; at least 2).
+    #[arg(long, default_value_t = 10)]
+    probes: usize,
+    /// Central-difference step h along the unit direction: Hv ≈ ‖v‖·(g(θ+h·v̂) − g(θ−h·v̂))/(2h).
+    #[arg(long, default_value_t = 1e-3)]
+    fd_step: f64,
+    /// f64 (default) or f32 arithmetic for the gradients.
+    #[arg(long, default_value = "f64")]
+    precision: String,
+    /// The evaluation set: the first N examples of --split.
+    #[arg(long, default_value_t = 128)]
+    eval_examples: usize,
+    /// train or dev.
+    #[arg(long, default_value = "train", value_parser = split_arg)]
+    split: Split,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Seed of θ0, the task head, the random mask, Lanczos' start and the probes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory: sharpness.parquet, summary.json and the figures.
+    #[arg(long, required_unless_present = "benchmark")]
+    out: Option<PathBuf>,
+    /// Continue a run in --out: compute only the cells missing from its Parquet file.
+    #[arg(long)]
+    resume: bool,
+    /// Only redraw the figures from OUT/sharpness.parquet.
+    #[arg(long)]
+    plot_only: bool,
+    /// Where the figures go (default: OUT).
+    #[arg(long)]
+    figures_dir: Option<PathBuf>,
+    /// Do not draw figures.
+    #[arg(long)]
+    no_plot: bool,
+    /// Instead of the run: time N gradients and N Hessian-vector products at θ1 over the first scope.
+    #[arg(long)]
+    benchmark: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_sharpness(args: SharpnessArgs) -> Result<()> {
+    if args.plot_only {
+        let out = args.out.unwrap_or_default();
+        let (figures, ends) = sharpness::plot_only(&out, args.figures_dir.as_deref())?;
+        figures
+            .iter()
+            .for_each(|p| eprintln!("wrote {}", p.display()));
+        ends.iter().for_each(|e| println!("{e}"));
+        return Ok(());
+    }
+    let task = args.task.context("--task is required")?;
+    let mut config = sharpness::SharpnessConfig::new(task, &args.data.dir.resolve()?);
+    config.model = args.model;
+    config.alpha = landscape::Range::parse(&args.alpha).context("--alpha")?;
+    config.scopes = args
+        .scopes
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    config.scope_tensors = args.scope_tensors;
+    config.mask_modules = args.mask_modules;
+    config.mask_rate = args.mask_rate;
+    config.method = args.method;
+    config.iterations = args.iterations;
+    config.top_k = args.top_k;
+    config.probes = args.probes;
+    config.fd_step = args.fd_step;
+    config.precision = args.precision;
+    config.eval_examples = args.eval_examples;
+    config.split = args.split;
+    config.batch_size = args.batch_size;
+    config.max_len = args.data.max_len;
+    config.seed = args.seed;
+    if let Some(n) = args.benchmark {
+        let report = sharpness::benchmark(&config, n)?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let mut options = sharpness::RunOptions::new(&args.out.unwrap_or_default());
+    options.resume = args.resume;
+    options.progress = !args.json;
+    options.plot = !args.no_plot;
+    options.figures_dir = args.figures_dir;
+    let report = sharpness::run(&config, &options)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: {} of {} cells ({} computed now, {} already there; {:.0} s)",
+            report.file.display(),
+            report.already_done + report.computed,
+            report.cells,
+            report.computed,
+            report.already_done,
+            report.seconds
+        );
+        report
+            .figures
+            .iter()
+            .for_each(|p| println!("wrote {}", p.display()));
+        report.end_points.iter().for_each(|e| println!("{e}"));
+    }
+    if report.interrupted {
+        eprintln!(
+            "interrupted: the finished cells are saved; rerun with --resume to compute the rest"
+        );
+        std::process::exit(sift_lab::progress::INTERRUPTED_EXIT_CODE);
+    }
+    Ok(())
+}
+
 /// mimalloc's `mi_option_purge_delay` (v3 enum value).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
@@ -806,7 +959,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             if report.interrupted {
                 eprintln!("interrupted: the finished cells are saved; rerun with --resume to compute the rest");
-                std::process::exit(130);
+                std::process::exit(sift_lab::progress::INTERRUPTED_EXIT_CODE);
             }
         }
         Command::Figures(args) => {
@@ -895,6 +1048,7 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", report.render());
             }
         }
+        Command::Sharpness(args) => run_sharpness(args)?,
         Command::Run { .. } => unreachable!("replaced by the config's command above"),
     }
     Ok(())

@@ -12,6 +12,7 @@ use plotters::prelude::*;
 pub mod budget;
 pub mod grad_stats;
 pub mod landscape;
+pub mod sharpness;
 
 /// The font family name figures use.
 pub const FONT: &str = "sans-serif";
