@@ -3,7 +3,7 @@
 //!
 //! Each subfolder of `results/` is recognised by what it holds: `results.parquet` with an
 //! ablation config (an `ablate` grid: table.md, Fig. 6), `hist.parquet` (grad-stats: Fig. 3, 4)
-//! or `landscape.parquet` (Fig. 2). Its figures go to `OUT/<subfolder>/`. Drawing the same files
+//! `landscape.parquet` (Fig. 2) or `sharpness.parquet` (Hessian sharpness along θ0 → θ1). Its figures go to `OUT/<subfolder>/`. Drawing the same files
 //! twice gives the same bytes: nothing depends on the clock or on the order of a directory
 //! listing. A `NOTES.md` beside a result is copied into the README under it.
 
@@ -15,6 +15,7 @@ use crate::ablate;
 use crate::grad_stats;
 use crate::landscape;
 use crate::output;
+use crate::sharpness;
 
 #[derive(Debug, Clone)]
 pub struct FiguresConfig {
@@ -35,6 +36,7 @@ enum Kind {
     Ablate,
     GradStats,
     Landscape,
+    Sharpness,
 }
 
 fn kind_of(dir: &Path) -> Option<Kind> {
@@ -44,6 +46,8 @@ fn kind_of(dir: &Path) -> Option<Kind> {
         Some(Kind::GradStats)
     } else if dir.join("landscape.parquet").is_file() {
         Some(Kind::Landscape)
+    } else if dir.join(sharpness::RESULT_FILE).is_file() {
+        Some(Kind::Sharpness)
     } else {
         None
     }
@@ -158,6 +162,32 @@ pub fn run(config: &FiguresConfig) -> Result<FiguresReport> {
                     ),
                     revision: committed_in(&dir),
                     compute: format!("{} (sum over points)", duration(seconds)),
+                    table: None,
+                    files,
+                    notes: None,
+                }
+            }
+            Kind::Sharpness => {
+                let (c, rows) = sharpness::read_file(&dir.join(sharpness::RESULT_FILE))?;
+                let files = sharpness::figures::draw_all(&c, &rows, &target)?;
+                let seconds: f64 = rows.iter().map(|r| r.seconds).sum();
+                Entry {
+                    name: name.clone(),
+                    item:
+                        "Sharpness (beyond the paper): λ_max and trace of the Hessian along θ0 → θ1"
+                            .into(),
+                    command: analysis_command(&config.analyses, &name),
+                    preset: "–".into(),
+                    model: c.model.clone(),
+                    data: format!(
+                        "{} {}, first {} examples, max_len {}",
+                        c.task.name(),
+                        c.split.name(),
+                        c.eval_examples,
+                        c.max_len
+                    ),
+                    revision: committed_in(&dir),
+                    compute: format!("{} (sum over cells)", duration(seconds)),
                     table: None,
                     files,
                     notes: None,
