@@ -116,8 +116,7 @@ impl Texts {
     where
         DB::ErrorType: 'static,
     {
-        let area = root.titled(&self.title, (FONT, 26)).map_err(drawing_err)?;
-        area.titled(&self.subtitle, (FONT, 15)).map_err(drawing_err)
+        super::under_titles(root, (&self.title, 26), (&self.subtitle, 15))
     }
 }
 

@@ -73,6 +73,22 @@ pub fn save(figure: &impl Figure, stem: &Path) -> Result<Vec<PathBuf>> {
     Ok(vec![png, svg])
 }
 
+/// The area under a title and a subtitle (two stacked plotters titles), with their font sizes.
+pub fn under_titles<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    (title, title_size): (&str, u32),
+    (subtitle, subtitle_size): (&str, u32),
+) -> Result<DrawingArea<DB, Shift>>
+where
+    DB::ErrorType: 'static,
+{
+    let area = root
+        .titled(title, (FONT, title_size))
+        .map_err(drawing_err)?;
+    area.titled(subtitle, (FONT, subtitle_size))
+        .map_err(drawing_err)
+}
+
 /// The series legend every figure draws: a white box with a grey border in a corner.
 pub fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,

@@ -6,7 +6,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{draw_legend, drawing_err, Figure, FONT};
+use super::{draw_legend, drawing_err, under_titles, Figure, FONT};
 
 /// One curve: a scope's values along α, with an optional ± error bar.
 #[derive(Debug, Clone)]
@@ -95,10 +95,7 @@ impl Figure for AlphaFigure {
     where
         DB::ErrorType: 'static,
     {
-        let area = root.titled(&self.title, (FONT, 24)).map_err(drawing_err)?;
-        let area = area
-            .titled(&self.subtitle, (FONT, 14))
-            .map_err(drawing_err)?;
+        let area = under_titles(root, (&self.title, 24), (&self.subtitle, 14))?;
         let cells = area.split_evenly((1, self.panels.len()));
         for (panel, cell) in self.panels.iter().zip(&cells) {
             let alphas = panel.series.iter().flat_map(|s| s.alphas.iter().copied());
@@ -218,10 +215,7 @@ impl Figure for BarsFigure {
     where
         DB::ErrorType: 'static,
     {
-        let area = root.titled(&self.title, (FONT, 24)).map_err(drawing_err)?;
-        let area = area
-            .titled(&self.subtitle, (FONT, 14))
-            .map_err(drawing_err)?;
+        let area = under_titles(root, (&self.title, 24), (&self.subtitle, 14))?;
         let cells = area.split_evenly((1, self.panels.len()));
         let groups = self.groups.len();
         for ((y_label, series), cell) in self.panels.iter().zip(&cells) {
