@@ -222,6 +222,21 @@ pub fn expand(config: &AblateConfig) -> Result<Grid> {
             }
         }
     }
+    // Run order (ids do not depend on it): within a seed and task, budget by budget and module
+    // set by module set, every method side by side (SIFT, then its random twin, LoRA, ...), so a
+    // grid stopped part-way already holds matched comparisons. A stable sort keeps the method and
+    // learning-rate order of the loops above.
+    let position = |axis: &[String], value: &Option<String>| {
+        value.as_ref().map(|v| axis.iter().position(|a| a == v))
+    };
+    cells.sort_by_key(|c| {
+        (
+            config.axes.seeds.iter().position(|&s| s == c.seed),
+            config.axes.tasks.iter().position(|&t| t == c.task),
+            c.budget,
+            position(&config.axes.modules, &c.modules),
+        )
+    });
     Ok(Grid { cells, notes })
 }
 
