@@ -220,14 +220,7 @@ fn kv_cache_and_padding_leave_logits_unchanged() {
     }
     assert_eq!(cache.len(), n);
     let cached = Tensor::cat(&pieces, 0).unwrap();
-    let diff = (cached - &full)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = common::max_abs_diff(&cached, &full);
     assert!(diff < 1e-3, "KV-cache logits differ by {diff}");
 
     // Right padding: the first n positions of a padded row equal the unpadded row.
@@ -258,14 +251,7 @@ fn training_forward_equals_inference_forward() {
         .unwrap();
     let a = model.forward(&input, Mode::Inference).unwrap();
     let b = model.forward(&input, Mode::Training).unwrap();
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = common::max_abs_diff(&a, &b);
     assert!(diff < 1e-3, "modes differ by {diff}");
 }
 
@@ -400,14 +386,7 @@ fn transformers_export_round_trips() {
         .unwrap()
         .forward(&input, Mode::Inference)
         .unwrap();
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = common::max_abs_diff(&a, &b);
     assert_eq!(diff, 0.0);
     // Refuses to overwrite.
     let err = sift_lab::model::decoder::save_transformers(

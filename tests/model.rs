@@ -187,14 +187,7 @@ fn inference_and_training_forwards_agree() {
             Mode::Training,
         )
         .unwrap();
-    let diff = (fused - plain)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = common::max_abs_diff(&fused, &plain);
     assert!(diff < 1e-4, "max |logit difference| {diff}");
 }
 
@@ -266,22 +259,8 @@ fn theta0_follows_the_initialiser_and_shares_the_head() {
     let again = pretrained.theta0(7).unwrap();
     let other = pretrained.theta0(8).unwrap();
     let q = "encoder.layer.5.attention.self.key.weight";
-    let d_same = (&theta0[q] - &again[q])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let d_other = (&theta0[q] - &other[q])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d_same = common::max_abs_diff(&theta0[q], &again[q]);
+    let d_other = common::max_abs_diff(&theta0[q], &other[q]);
     assert_eq!(d_same, 0.0);
     assert!(d_other > 0.01);
 }

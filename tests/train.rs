@@ -89,14 +89,7 @@ fn delta_gradient_equals_the_dense_gradient_at_the_selected_entries() {
             .to_scalar::<f32>()
             .unwrap()
             .max(1e-8);
-        let diff = (got - &expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = common::max_abs_diff(&got, &expected);
         assert!(
             diff / scale < 1e-4,
             "{name}: max |Δ grad − dense grad| = {diff} (scale {scale})"

@@ -161,3 +161,15 @@ pub fn seeded_normal(shape: &candle_core::Shape, std: f64, seed: u64) -> candle_
         .collect();
     candle_core::Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
 }
+
+/// The largest |a − b| over two f32 tensors of one shape.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
