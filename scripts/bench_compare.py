@@ -17,6 +17,9 @@ state) / full's, with gradient state = 4 bytes x trainable_params.
 
     python3 scripts/bench_compare.py --task mrpc --arms forward,full,sift,lora --iters 3
 
+The decoder (issue 13's shapes: SmolLM2, batch 8 x 256, 2 threads; generation of 256 tokens):
+    python3 scripts/bench_compare.py --decoder --arms full,sift,lora,generate --batch-size 8 --seq-len 256 --iters 3
+
 If one side fails (e.g. a sift-lab binary without --arm), its columns show n/a and its stderr
 tail is printed; the other side still runs.
 """
@@ -29,6 +32,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ("forward", "full", "sift", "lora")
+DECODER_ARMS = ("full", "sift", "lora", "generate")
 
 
 def run_json(cmd, env):
@@ -63,8 +67,12 @@ def fmt(x, spec, width):
 
 
 def step_s(res, arm):
+    """Seconds per step, or for generation seconds per new token."""
     if res is None:
         return None
+    if arm == "generate":
+        rate = res.get("generate_tokens_per_s")
+        return 1.0 / rate if rate else None
     return res.get("forward_s" if arm == "forward" else "train_step_s")
 
 
@@ -81,18 +89,27 @@ def ratio(a, b):
 
 def compare_arms(args, env, shape):
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    bad = [a for a in arms if a not in ARMS]
+    allowed = DECODER_ARMS if args.decoder else ARMS
+    bad = [a for a in arms if a not in allowed]
     if bad:
-        sys.exit(f"--arms: unknown {bad}; choose from {','.join(ARMS)}")
+        sys.exit(f"--arms: unknown {bad}; choose from {','.join(allowed)}")
     task = ["--task", args.task] if args.task else []
+    ours_extra = ["--decoder", "--lora-rank", str(args.lora_rank)] if args.decoder else []
+    theirs_script = ["bench_torch_decoder.py", "--lora-rank", str(args.lora_rank)] if args.decoder else ["bench_torch.py"]
     ours, theirs = {}, {}
     for arm in arms:
         ours[arm] = try_run_json([os.path.join(ROOT, "target", "release", "sift-lab"), "--threads", str(args.threads),
-                                  "bench", "--arm", arm, *task, *shape, "--json"], env, f"sift-lab {arm}")
-        theirs[arm] = try_run_json([args.python, os.path.join(ROOT, "scripts", "bench_torch.py"), "--threads",
-                                    str(args.threads), "--arm", arm, *task, *shape, "--json"], env, f"pytorch {arm}")
-    print(f"MiniLM-L6 (all-MiniLM-L6-v2 + 2-way head), task {args.task or 'random tokens'}, batch {args.batch_size} x "
-          f"{args.seq_len} tokens, {args.threads} threads, median of {args.iters}, one process per arm and framework")
+                                  "bench", *ours_extra, "--arm", arm, *task, *shape, "--json"], env, f"sift-lab {arm}")
+        theirs[arm] = try_run_json([args.python, os.path.join(ROOT, "scripts", theirs_script[0]), *theirs_script[1:],
+                                    "--threads", str(args.threads), "--arm", arm, *task, *shape, "--json"], env,
+                                   f"pytorch {arm}")
+    if args.decoder:
+        print(f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32), batch {args.batch_size} x {args.seq_len} tokens "
+              f"(generate: {args.seq_len} new tokens after 32, s/step = s per new token), SIFT 1 %, LoRA r = {args.lora_rank} "
+              f"on q,k,v,o,gate,up,down, {args.threads} threads, median of {args.iters}, one process per arm and framework")
+    else:
+        print(f"MiniLM-L6 (all-MiniLM-L6-v2 + 2-way head), task {args.task or 'random tokens'}, batch {args.batch_size} x "
+              f"{args.seq_len} tokens, {args.threads} threads, median of {args.iters}, one process per arm and framework")
     print(f"{'arm':<9}{'sift-lab s/step':>16}{'PyTorch s/step':>16}{'ratio':>8}"
           f"{'sift-lab RSS MiB':>18}{'PyTorch RSS MiB':>17}")
     for arm in arms:
@@ -137,6 +154,10 @@ def main():
     p.add_argument("--arms", default=None,
                    help="comma-separated arms among forward,full,sift,lora, one process each "
                         "(default: one forward/forward+backward/full-train-step run per framework)")
+    p.add_argument("--decoder", action="store_true",
+                   help="the default decoder (SmolLM2) with --arms among full,sift,lora,generate "
+                        "(scripts/bench_torch_decoder.py on the PyTorch side)")
+    p.add_argument("--lora-rank", type=int, default=4, help="LoRA rank of the decoder arms")
     p.add_argument("--no-build", action="store_true", help="skip `cargo build --release`")
     p.add_argument("--python", default=os.path.join(ROOT, "bench-venv", "bin", "python"),
                    help="python with torch + transformers (default: ./bench-venv)")

@@ -30,11 +30,15 @@ pub enum Arm {
     Sift,
     /// LoRA step: rank `lora_rank` on q, k, v, o + the head.
     Lora,
+    /// Greedy generation with the KV cache (decoders: `--decoder`).
+    Generate,
 }
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     pub model: String,
+    /// Benchmark the decoder path (`bench_lm`) instead of the encoder.
+    pub decoder: bool,
     /// `None`: the default set (forward, forward+backward, full step) on random tokens.
     pub arm: Option<Arm>,
     /// Real inputs: the first `batch_size` training examples, padded to `seq_len`.
@@ -62,7 +66,30 @@ pub struct BenchReport {
     pub train_step_s: Option<f64>,
     pub trainable_params: Option<usize>,
     pub optimizer_state_bytes: Option<usize>,
+    /// Greedy generation: new tokens per second (decoders).
+    pub generate_tokens_per_s: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+}
+
+impl BenchReport {
+    /// An empty report of `config`'s shapes, filled in by the arm that runs.
+    pub fn new(config: &BenchConfig) -> BenchReport {
+        BenchReport {
+            framework: "sift-lab (candle)",
+            arm: config.arm,
+            task: config.task.as_ref().map(|(t, _)| t.name().to_string()),
+            threads: candle_core::utils::get_num_threads(),
+            batch_size: config.batch_size,
+            seq_len: config.seq_len,
+            forward_s: None,
+            forward_backward_s: None,
+            train_step_s: None,
+            trainable_params: None,
+            optimizer_state_bytes: None,
+            generate_tokens_per_s: None,
+            peak_rss_mib: None,
+        }
+    }
 }
 
 /// The median of `xs` (the upper one of an even count); `xs` must not be empty.
@@ -71,7 +98,8 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-fn time<F: FnMut() -> Result<()>>(warmup: usize, iters: usize, mut f: F) -> Result<f64> {
+/// The median seconds of `iters` calls of `f` after `warmup` untimed ones.
+pub fn time<F: FnMut() -> Result<()>>(warmup: usize, iters: usize, mut f: F) -> Result<f64> {
     for _ in 0..warmup {
         f()?;
     }
@@ -187,7 +215,13 @@ impl BenchConfig {
 }
 
 pub fn run(config: &BenchConfig) -> Result<BenchReport> {
+    if config.decoder {
+        return crate::bench_lm::run(config);
+    }
     config.validate()?;
+    if config.arm == Some(Arm::Generate) {
+        bail!("--arm generate measures a decoder; add --decoder");
+    }
     let device = Device::Cpu;
     let num_labels = config.task.as_ref().map_or(2, |(t, _)| t.num_labels());
     let pretrained = model::load_pretrained(&config.model, None, num_labels, 0, &device)?;
@@ -209,20 +243,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let x = inputs(config, &pretrained, &device)?;
     let head = model::weights::head_names(&pretrained.config, num_labels)?;
     let targets = select::target_names("q,k,v,o", &pretrained.config)?;
-    let mut report = BenchReport {
-        framework: "sift-lab (candle)",
-        arm: config.arm,
-        task: config.task.as_ref().map(|(t, _)| t.name().to_string()),
-        threads: candle_core::utils::get_num_threads(),
-        batch_size: config.batch_size,
-        seq_len: config.seq_len,
-        forward_s: None,
-        forward_backward_s: None,
-        train_step_s: None,
-        trainable_params: None,
-        optimizer_state_bytes: None,
-        peak_rss_mib: None,
-    };
+    let mut report = BenchReport::new(config);
     let forward = || -> Result<f64> {
         let classifier = pretrained.build(&pretrained.weights)?;
         time(config.warmup, config.iters, || {
@@ -264,6 +285,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
             )?;
             record(time_training(&method, &pretrained, &x, config)?)
         }
+        Some(Arm::Generate) => unreachable!("rejected above"),
         None => {
             report.forward_s = Some(forward()?);
             let method = full()?;

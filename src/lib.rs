@@ -5,6 +5,7 @@ pub mod ablate;
 pub mod analysis_config;
 pub mod backprop;
 pub mod bench;
+pub mod bench_lm;
 pub mod budget;
 pub mod data;
 pub mod eval;

@@ -233,8 +233,13 @@ struct MemoryArgs {
 
 #[derive(Args)]
 struct BenchArgs {
+    /// Default: the default encoder, or with --decoder the default decoder.
     #[arg(long, default_value = hub::DEFAULT_MODEL)]
     model: String,
+    /// Benchmark a decoder (SmolLM2 by default): --arm full, sift, lora (q,k,v,o,gate,up,down;
+    /// SIFT at 1 %) or generate (greedy, --seq-len new tokens after a 32-token prompt).
+    #[arg(long)]
+    decoder: bool,
     /// Measure one arm (one per process, so peak RSS is per arm); default: forward, forward+backward and a full step.
     #[arg(long, value_enum)]
     arm: Option<bench::Arm>,
@@ -697,8 +702,13 @@ fn run(cli: Cli) -> Result<()> {
                 Some(task) => Some((task, args.data.resolve()?)),
                 None => None,
             };
+            let model = match (args.decoder, args.model.as_str()) {
+                (true, hub::DEFAULT_MODEL) => hub::DEFAULT_DECODER.to_string(),
+                _ => args.model,
+            };
             let config = bench::BenchConfig {
-                model: args.model,
+                model,
+                decoder: args.decoder,
                 arm: args.arm,
                 task,
                 lora_rank: args.lora_rank,
