@@ -63,13 +63,11 @@ impl RunLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
+                let holder = read_holder(&mut file);
                 let holder = if holder.is_empty() {
                     "another process".to_string()
                 } else {
-                    holder.to_string()
+                    holder
                 };
                 bail!(
                     "{} is in use: {holder} is writing it (lock {}). Wait for it to finish, stop \
@@ -107,6 +105,23 @@ impl Drop for RunLock {
         let _ = self.file.set_len(0);
         let _ = self.file.unlock();
     }
+}
+
+/// The holder's line from a lock file held by someone else. The holder writes it just after
+/// taking the lock, so a refusal that comes in between finds the file empty: wait for the line
+/// briefly (up to a second) rather than name no one.
+fn read_holder(file: &mut File) -> String {
+    for _ in 0..100 {
+        let mut holder = String::new();
+        if file.rewind().is_ok() && file.read_to_string(&mut holder).is_ok() {
+            let holder = holder.trim();
+            if !holder.is_empty() {
+                return holder.to_string();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    String::new()
 }
 
 /// Whether `path` is a lock file this module writes (callers that list or hash a directory's
@@ -169,5 +184,24 @@ mod tests {
             held.starts_with(&format!("process {}", std::process::id())),
             "{held}"
         );
+    }
+
+    #[test]
+    fn a_refusal_between_the_holders_lock_and_its_line_waits_for_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_path = dir.path().join(DIR_LOCK_FILE);
+        // The holder has the lock but has not written its line yet (what the CI race hit).
+        let holder = File::create(&lock_path).unwrap();
+        holder.try_lock().unwrap();
+        let writer = {
+            let lock_path = lock_path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                std::fs::write(&lock_path, "process 4242 (sift-lab train)\n").unwrap();
+            })
+        };
+        let err = format!("{:#}", RunLock::dir(dir.path()).unwrap_err());
+        writer.join().unwrap();
+        assert!(err.contains("process 4242 (sift-lab train)"), "{err}");
     }
 }
