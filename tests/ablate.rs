@@ -184,6 +184,29 @@ fn a_quick_grid_runs_resumes_after_sigkill_merges_shards_and_redraws_byte_for_by
             (p, t)
         })
         .collect();
+    // The next cell as SIGKILL leaves it before its first checkpoint: a metrics.parquet, no
+    // summary, no state (made deterministic here by planting the finished run's file).
+    let whole_rows = results::read(&whole.join("results.parquet")).unwrap().rows;
+    let next = whole_rows
+        .iter()
+        .find(|r| {
+            !survived
+                .rows
+                .iter()
+                .any(|s| s.cell.dir_name() == r.cell.dir_name())
+        })
+        .unwrap();
+    let next_dir = killed.join("cells").join(next.cell.dir_name());
+    let _ = std::fs::remove_dir_all(&next_dir);
+    std::fs::create_dir_all(&next_dir).unwrap();
+    std::fs::copy(
+        whole
+            .join("cells")
+            .join(next.cell.dir_name())
+            .join("metrics.parquet"),
+        next_dir.join("metrics.parquet"),
+    )
+    .unwrap();
     let stdout = run_ok(&mut ablate(&config, &killed, &["--resume"]));
     assert!(
         stdout.contains(&format!("{} already there", survived.rows.len())),

@@ -153,7 +153,7 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
             cell.achieved
         ));
         let train_config = cell.train_config(config, &data_dir);
-        let row = match run_cell(cell, &train_config, out)? {
+        let row = match run_cell(cell, &train_config, out, options.resume)? {
             Some(row) => row,
             None => {
                 interrupted = true;
@@ -213,22 +213,37 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
 }
 
 /// Trains one cell into `out/cells/<cell>/`, or reads it back when a finished run with the same
-/// configuration is already there. `None`: interrupted (Ctrl-C).
+/// configuration is already there; with `resume`, continues a cell from its checkpoint or
+/// restarts one killed before it had any. `None`: interrupted (Ctrl-C).
 fn run_cell(
     cell: &CellSpec,
     train_config: &train::TrainConfig,
     out: &Path,
+    resume: bool,
 ) -> Result<Option<ResultRow>> {
     let dir = out.join("cells").join(cell.dir_name());
     let head = head_params(cell, &train_config.model)?;
     let summary_path = train::summary_path(&dir);
-    if let Some(s) = read_summary(&summary_path)? {
-        if s.config == *train_config && (s.status == "completed" || s.status == "diverged") {
-            return Ok(Some(ResultRow::from_summary(cell, &s, head)));
+    let summary = read_summary(&summary_path)?;
+    let finished = |s: &TrainSummary| s.status == "completed" || s.status == "diverged";
+    if let Some(s) = &summary {
+        if s.config == *train_config && finished(s) {
+            return Ok(Some(ResultRow::from_summary(cell, s, head)));
         }
     }
     let mut options = TrainOptions::new(&dir);
     options.resume = dir.join("state").join("checkpoint.json").exists();
+    if resume && !options.resume && dir.exists() && !summary.as_ref().is_some_and(finished) {
+        // A cell killed before its first checkpoint left partial files (metrics.parquet, an
+        // interrupted summary) and nothing to continue from: it holds no result, so it starts
+        // again. Without --resume the grid is refused before any cell runs.
+        eprintln!(
+            "{}: unfinished and without a checkpoint; training it again",
+            cell.id()
+        );
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("clearing the unfinished cell {}", dir.display()))?;
+    }
     match train::run(train_config, &options) {
         Ok(report) if report.summary.status == "interrupted" => Ok(None),
         Ok(report) => Ok(Some(ResultRow::from_summary(cell, &report.summary, head))),
