@@ -32,3 +32,4 @@ pub mod select;
 pub mod sharpness;
 pub mod train;
 pub mod train_lm;
+pub mod trajectory;

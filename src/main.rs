@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use sift_lab::data::{self, Split, Task};
@@ -197,6 +197,10 @@ struct TrainArgs {
     /// Continue an interrupted run in --out from its last completed epoch.
     #[arg(long)]
     resume: bool,
+    /// Record the weights' trajectory every N steps (RUN/trajectory/, trajectory.parquet), for
+    /// `sift-lab landscape --trajectory RUN`.
+    #[arg(long, value_name = "N")]
+    trajectory_every: Option<usize>,
 }
 
 #[derive(Args)]
@@ -333,9 +337,15 @@ struct LandscapeArgs {
     #[arg(long, allow_hyphen_values = true)]
     beta: Option<String>,
     /// paper: δ1 = θ1 − θ0, δ2 = d ⊙ δ1 around θ0; filter-normalized: Li et al. 2018 random directions around θ1;
-    /// checkpoints: δ1 = B − A around A (--from-checkpoint A --to-checkpoint B).
+    /// checkpoints: δ1 = B − A around A (--from-checkpoint A --to-checkpoint B);
+    /// pca: the top two principal directions of the first --trajectory run, around its end.
     #[arg(long, default_value = "paper")]
     directions: String,
+    /// Training runs recorded with `train --trajectory-every N`, drawn on the complete 2-D grid
+    /// (repeat the flag or separate with commas); writes trajectory.parquet, trajectory.json and
+    /// trajectory_2d.png/svg.
+    #[arg(long, value_name = "RUN_DIR", value_delimiter = ',')]
+    trajectory: Vec<PathBuf>,
     /// Checkpoint A (α = 0) for --directions checkpoints.
     #[arg(long)]
     from_checkpoint: Option<PathBuf>,
@@ -726,6 +736,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(args) => {
             if let Some(instructions) = args.instructions {
+                ensure!(
+                    args.trajectory_every.is_none(),
+                    "--trajectory-every records encoder runs only (the landscape is an encoder \
+                     analysis); drop it for --instructions"
+                );
                 let model = match args.model.as_str() {
                     hub::DEFAULT_MODEL => hub::DEFAULT_DECODER.to_string(),
                     other => other.to_string(),
@@ -785,6 +800,7 @@ fn run(cli: Cli) -> Result<()> {
                 out: args.out,
                 export_hf: args.export_hf,
                 resume: args.resume,
+                trajectory_every: args.trajectory_every,
             };
             let report = train::run(&config, &options)?;
             println!("{}", serde_json::to_string_pretty(&report.summary)?);
@@ -870,6 +886,9 @@ fn run(cli: Cli) -> Result<()> {
             config.from_checkpoint = args.from_checkpoint;
             config.to_checkpoint = args.to_checkpoint;
             config.head_from = args.head_from;
+            if config.directions == landscape::Directions::Pca {
+                config.pca_run = args.trajectory.first().cloned();
+            }
             config.tensors = args.tensors;
             config.filter_1d = landscape::Filter1d::parse(&args.filter_1d)?;
             config.seed = args.seed;
@@ -894,6 +913,7 @@ fn run(cli: Cli) -> Result<()> {
             options.progress = !args.json;
             options.plot = !args.no_plot;
             options.figures_dir = args.figures_dir;
+            options.trajectories = args.trajectory;
             let report = landscape::run(&config, &options)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -913,6 +933,22 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 for hood in &report.neighbourhoods {
                     println!("{hood}");
+                }
+                if let Some(placed) = &report.trajectory {
+                    if let Some([d1, d2]) = placed.explained_variance {
+                        println!(
+                            "PCA plane: {:.1} % + {:.1} % of the trajectory's variance",
+                            100.0 * d1,
+                            100.0 * d2
+                        );
+                    }
+                    for run in &placed.runs {
+                        println!(
+                            "{} ({}): {} snapshots from ({:.4}, {:.4}) to ({:.4}, {:.4}); at most {:.4} off the plane; ‖θ_end − θ_start‖ {:.4}",
+                            run.run, run.method, run.snapshots, run.start.0, run.start.1,
+                            run.end.0, run.end.1, run.max_off_plane, run.final_distance
+                        );
+                    }
                 }
             }
             if report.interrupted {

@@ -74,6 +74,11 @@ pub struct FineTuning {
     lora: Vec<LoraTarget>,
 }
 
+/// LoRA's Δ = (α/r)·B·A.
+fn lora_delta(t: &LoraTarget) -> Result<Tensor> {
+    Ok((t.b.as_tensor().matmul(t.a.as_tensor())? * t.scale)?.detach())
+}
+
 fn decays(name: &str, shape: &[usize]) -> bool {
     shape.len() >= 2 && !name.contains("LayerNorm")
 }
@@ -273,19 +278,42 @@ impl FineTuning {
             weights.insert(name.clone(), var.as_tensor().detach());
         }
         for t in &self.sparse {
-            let base = &self.base[&t.name];
-            let delta = Tensor::zeros(base.elem_count(), base.dtype(), base.device())?.index_add(
-                &t.indices,
-                &t.values.as_tensor().detach(),
-                0,
-            )?;
-            weights.insert(t.name.clone(), (base + delta.reshape(base.shape())?)?);
+            weights.insert(
+                t.name.clone(),
+                (&self.base[&t.name] + self.sparse_delta(t)?)?,
+            );
         }
         for t in &self.lora {
-            let delta = (t.b.as_tensor().matmul(t.a.as_tensor())? * t.scale)?.detach();
-            weights.insert(t.name.clone(), (&self.base[&t.name] + delta)?);
+            weights.insert(t.name.clone(), (&self.base[&t.name] + lora_delta(t)?)?);
         }
         Ok(weights)
+    }
+
+    /// A sparse target's Δ as a dense tensor of W's shape.
+    fn sparse_delta(&self, t: &SparseTarget) -> Result<Tensor> {
+        let base = &self.base[&t.name];
+        let delta = Tensor::zeros(base.elem_count(), base.dtype(), base.device())?.index_add(
+            &t.indices,
+            &t.values.as_tensor().detach(),
+            0,
+        )?;
+        Ok(delta.reshape(base.shape())?)
+    }
+
+    /// θ_t − θ_start of every tensor the method trains, as dense tensors (the head included;
+    /// SIFT's scattered Δ; LoRA's (α/r)·B·A): what a trajectory snapshot records.
+    pub fn increments(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut increments = BTreeMap::new();
+        for (name, var) in &self.dense {
+            increments.insert(name.clone(), (var.as_tensor().detach() - &self.base[name])?);
+        }
+        for t in &self.sparse {
+            increments.insert(t.name.clone(), self.sparse_delta(t)?);
+        }
+        for t in &self.lora {
+            increments.insert(t.name.clone(), lora_delta(t)?);
+        }
+        Ok(increments)
     }
 
     /// The increment alone, as safetensors tensors: per sparse target `NAME.indices` (flat, u32)

@@ -4,11 +4,12 @@
 //! are pretty JSON. Column readers and the comparison of a stored configuration with the
 //! current one live here too, so each analysis reads and checks its files the same way.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
 use polars::prelude::{DataFrame, KeyValueMetadata, ParquetReader, ParquetWriter, SerReader};
 use serde::Serialize;
 
@@ -39,6 +40,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Writes tensors (and string metadata) as a safetensors file, atomically.
+pub fn write_safetensors(
+    tensors: &HashMap<String, Tensor>,
+    meta: HashMap<String, String>,
+    path: &Path,
+) -> Result<()> {
+    let views: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
+        .collect::<Result<_>>()?;
+    create_parent(path)?;
+    let tmp = path.with_extension("safetensors.partial");
+    safetensors::serialize_to_file(views.iter().map(|(n, t)| (n.as_str(), t)), Some(meta), &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// Refuses to write over earlier results: an error naming the first of `paths` that exists,

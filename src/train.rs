@@ -23,7 +23,7 @@ use crate::model::{self, Pretrained};
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::run_lock::RunLock;
 use crate::select;
-use crate::{eval, output, progress};
+use crate::{eval, output, progress, trajectory};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainConfig {
@@ -214,6 +214,8 @@ pub struct TrainOptions {
     pub export_hf: Option<PathBuf>,
     /// Continue the run in `out` from its last completed epoch.
     pub resume: bool,
+    /// Record a trajectory snapshot every this many steps (`crate::trajectory`).
+    pub trajectory_every: Option<usize>,
 }
 
 impl TrainOptions {
@@ -222,6 +224,7 @@ impl TrainOptions {
             out: out.to_path_buf(),
             export_hf: None,
             resume: false,
+            trajectory_every: None,
         }
     }
 }
@@ -351,6 +354,18 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
     let mut status = "completed";
     let primary = crate::metrics::primary_metric(task);
 
+    let mut recorder = match options.trajectory_every {
+        Some(every) => Some(trajectory::Recorder::new(
+            out,
+            every,
+            previous.as_ref().map(|p| p.steps),
+        )?),
+        None => None,
+    };
+    if let Some(recorder) = recorder.as_mut().filter(|_| steps == 0) {
+        recorder.record(0, 0, f64::NAN, &method.increments()?)?;
+    }
+
     'epochs: for epoch in first_epoch..config.epochs {
         let bar = progress::bar(batches_per_epoch as u64, "steps");
         bar.set_message(format!("epoch {}/{}", epoch + 1, config.epochs));
@@ -390,6 +405,10 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
             steps += 1;
             loss_sum += loss_value;
             loss_count += 1;
+            if let Some(recorder) = recorder.as_mut().filter(|r| r.due(steps, total_steps)) {
+                let loss = loss_sum / loss_count as f64;
+                recorder.record(steps, epoch + 1, loss, &method.increments()?)?;
+            }
             bar.inc(1);
             bar.set_message(format!(
                 "epoch {}/{} loss {:.4}",
@@ -495,7 +514,7 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
     write_metrics(out, &rows, config)?;
     if keep_weights {
         let (tensors, meta) = method.delta_tensors()?;
-        write_safetensors(&tensors, meta, &out.join(DELTA_FILE))?;
+        output::write_safetensors(&tensors, meta, &out.join(DELTA_FILE))?;
     }
     let best = best_epoch(&epochs, primary);
     let summary = TrainSummary {
@@ -665,22 +684,6 @@ fn write_metrics(out: &Path, rows: &[MetricRow], config: &TrainConfig) -> Result
     )
 }
 
-fn write_safetensors(
-    tensors: &HashMap<String, Tensor>,
-    meta: HashMap<String, String>,
-    path: &Path,
-) -> Result<()> {
-    let views: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
-        .collect::<Result<_>>()?;
-    let tmp = path.with_extension("safetensors.partial");
-    safetensors::serialize_to_file(views.iter().map(|(n, t)| (n.as_str(), t)), Some(meta), &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
 fn write_checkpoint(
     dir: &Path,
     checkpoint: &Checkpoint,
@@ -706,7 +709,7 @@ fn write_checkpoint(
         );
     }
     let meta = HashMap::from([("adam_steps".to_string(), optimizer.steps().to_string())]);
-    write_safetensors(&tensors, meta, &dir.join("state.safetensors"))?;
+    output::write_safetensors(&tensors, meta, &dir.join("state.safetensors"))?;
     // The JSON is written last: a checkpoint exists only once both files are complete.
     let tmp = dir.join("checkpoint.json.partial");
     std::fs::write(&tmp, serde_json::to_string(checkpoint)?)?;
@@ -796,7 +799,8 @@ pub fn summary_path(out: &Path) -> PathBuf {
     out.join(output::SUMMARY_FILE)
 }
 
-fn read_summary(out: &Path) -> Result<TrainSummary> {
+/// A run's summary.json.
+pub fn read_summary(out: &Path) -> Result<TrainSummary> {
     let path = summary_path(out);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

@@ -115,6 +115,9 @@ pub enum Directions {
     FilterNormalized,
     /// δ1 = B − A around checkpoint A, δ2 = d ⊙ δ1.
     Checkpoints,
+    /// The top two principal directions of a training run's trajectory, around its last
+    /// snapshot (Li et al. 2018; `crate::trajectory`).
+    Pca,
 }
 
 impl Directions {
@@ -125,8 +128,9 @@ impl Directions {
                 Ok(Directions::FilterNormalized)
             }
             "checkpoints" => Ok(Directions::Checkpoints),
+            "pca" => Ok(Directions::Pca),
             _ => bail!(
-                "--directions '{text}': valid values are paper, filter-normalized, checkpoints"
+                "--directions '{text}': valid values are paper, filter-normalized, checkpoints, pca"
             ),
         }
     }
@@ -136,6 +140,7 @@ impl Directions {
             Directions::Paper => "paper",
             Directions::FilterNormalized => "filter-normalized",
             Directions::Checkpoints => "checkpoints",
+            Directions::Pca => "pca",
         }
     }
 
@@ -143,7 +148,7 @@ impl Directions {
     /// around θ1 Li et al. look at [−1, 1].
     pub fn default_alpha(self) -> Range {
         match self {
-            Directions::FilterNormalized => Range {
+            Directions::FilterNormalized | Directions::Pca => Range {
                 start: -1.0,
                 stop: 1.0,
                 count: 41,
@@ -199,6 +204,10 @@ pub struct LandscapeConfig {
     /// A trained head (pooler + classifier from this checkpoint) instead of the seeded one.
     #[serde(default)]
     pub head_from: Option<PathBuf>,
+    /// `pca` directions: the run (recorded with `train --trajectory-every`) whose trajectory
+    /// spans the plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pca_run: Option<PathBuf>,
     pub dims: usize,
     pub alpha: Range,
     /// Only for `dims = 2`.
@@ -227,6 +236,7 @@ impl LandscapeConfig {
             from_checkpoint: None,
             to_checkpoint: None,
             head_from: None,
+            pca_run: None,
             dims,
             alpha: directions.default_alpha(),
             beta: (dims == 2).then(|| directions.default_beta()),
@@ -275,6 +285,24 @@ impl LandscapeConfig {
             _ => ensure!(
                 self.from_checkpoint.is_none() && self.to_checkpoint.is_none(),
                 "--from-checkpoint / --to-checkpoint only apply to --directions checkpoints"
+            ),
+        }
+        match self.directions {
+            Directions::Pca => {
+                ensure!(
+                    self.dims == 2 && self.pca_run.is_some(),
+                    "--directions pca needs --dims 2 and a run (--trajectory RUN, recorded with \
+                     `train --trajectory-every N`) whose trajectory spans the plane"
+                );
+                ensure!(
+                    self.head_from.is_none() && self.tensors.is_none(),
+                    "--directions pca moves what the run trained (its head included): drop \
+                     --head-from and --tensors"
+                );
+            }
+            _ => ensure!(
+                self.pca_run.is_none(),
+                "a PCA run only applies to --directions pca"
             ),
         }
         ensure!(
@@ -362,7 +390,8 @@ pub struct MarkedPoint {
 
 impl LandscapeConfig {
     /// Where the plane's named models lie: for `paper` θ0 at α = 0 and θ1 at α = 1; for
-    /// `filter-normalized` θ1 at the origin; for `checkpoints` A at α = 0 and B at α = 1.
+    /// `filter-normalized` θ1 at the origin; for `checkpoints` A at α = 0 and B at α = 1; for
+    /// `pca` the run's last snapshot at the origin.
     pub fn marked_points(&self) -> Vec<MarkedPoint> {
         let m = |alpha: f64, label: &str| MarkedPoint {
             label: label.to_string(),
@@ -373,6 +402,7 @@ impl LandscapeConfig {
             Directions::Paper => vec![m(0.0, "θ0 (random)"), m(1.0, "θ1 (pretrained)")],
             Directions::FilterNormalized => vec![m(0.0, "θ1 (pretrained)")],
             Directions::Checkpoints => vec![m(0.0, "A"), m(1.0, "B")],
+            Directions::Pca => vec![m(0.0, "end of the run")],
         }
     }
 }

@@ -7,12 +7,16 @@
 //! [`prepare_surface`] builds a [`Surface`] from the model(s); [`Surface::weights_at`] gives the
 //! effective weights of (α, β).
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
 use super::config::{Directions, Filter1d, LandscapeConfig};
 use crate::model::{self, init, Pretrained, WeightMap};
 use crate::select;
+use crate::trajectory::{self, Projection};
 
 /// δ2 = d ⊙ δ1 (paper §3.2): one Gaussian factor per scalar.
 pub fn paper_delta2(delta1: &Tensor, d: &Tensor) -> Result<Tensor> {
@@ -92,12 +96,45 @@ pub struct Surface {
     /// The value of every tensor that does not move (and, for moving ones, a placeholder).
     fixed: WeightMap,
     moving: Vec<Moving>,
+    /// The weights a training run's increments are added to when it is projected: θ1 (or
+    /// checkpoint B); for `pca`, the weights the run started from.
+    start: WeightMap,
+    /// `pca`: the share of the trajectory's variance along d1 and d2.
+    pub explained: Option<[f64; 2]>,
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
 impl Surface {
     /// Names of the tensors that move, in architecture order.
     pub fn moving_names(&self) -> Vec<&str> {
         self.moving.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    /// Where `start + increments` (a trajectory snapshot) lies on the plane: the (α, β) of the
+    /// nearest point by least squares over the moving tensors, and its distance from the plane.
+    /// Increments of tensors that do not move here (e.g. a trained head on the paper's plane)
+    /// are left out.
+    pub fn project(&self, increments: &BTreeMap<String, Tensor>) -> Result<(f64, f64, f64)> {
+        let mut projection = Projection::default();
+        for m in &self.moving {
+            let (origin, d1) = match &m.along {
+                Along::Interpolate { start, end } => (start.clone(), (end - start)?),
+                Along::Offset { origin, d1 } => (origin.clone(), d1.clone()),
+            };
+            let d2 =
+                m.d2.as_ref()
+                    .context("a trajectory is projected onto a 2-D landscape's plane (--dims 2)")?;
+            let start = &self.start[&m.name];
+            let x = match increments.get(&m.name) {
+                Some(inc) => (start + inc)?,
+                None => start.clone(),
+            };
+            projection.add(&flat(&origin)?, &flat(&d1)?, &flat(d2)?, &flat(&x)?);
+        }
+        projection.solve()
     }
 
     /// The effective weights at (α, β). Tensors that do not move are shared, not copied.
@@ -145,6 +182,13 @@ pub fn prepare_surface(
     theta1: &Pretrained,
     start: Option<&Pretrained>,
 ) -> Result<Surface> {
+    if config.directions == Directions::Pca {
+        let run = config
+            .pca_run
+            .as_deref()
+            .context("--directions pca needs the run whose trajectory spans the plane")?;
+        return pca_surface(&theta1.weights, run);
+    }
     let device = theta1.device();
     let names: Vec<String> = model::weights::expected_shapes(&theta1.config, theta1.num_labels)?
         .into_iter()
@@ -199,6 +243,7 @@ pub fn prepare_surface(
                 };
                 (Along::Interpolate { start: begin, end }, d2)
             }
+            Directions::Pca => anyhow::bail!("pca planes are built by pca_surface"),
             Directions::FilterNormalized => {
                 let d1 = filter_normalize(
                     &gaussian("filter1", &name, end.dims(), config.seed, &device)?,
@@ -222,5 +267,65 @@ pub fn prepare_surface(
     Ok(Surface {
         fixed: theta1.weights.clone(),
         moving,
+        start: theta1.weights.clone(),
+        explained: None,
+    })
+}
+
+/// `pca`: the plane of `run`'s recorded trajectory (its top two principal directions, unit
+/// norm) through its last snapshot. `base` holds the weights the run started from; the tensors
+/// the run trained move (its head included), everything else stays at `base`.
+pub fn pca_surface(base: &WeightMap, run: &Path) -> Result<Surface> {
+    let rows = trajectory::read_table(run)?;
+    let last_row = rows
+        .last()
+        .with_context(|| format!("{}: the trajectory is empty", run.display()))?;
+    let names: Vec<(String, usize)> = trajectory::read_snapshot(run, last_row)?
+        .iter()
+        .map(|(n, t)| (n.clone(), t.elem_count()))
+        .collect();
+    for (name, count) in &names {
+        let w = base.get(name).with_context(|| {
+            format!(
+                "{}: the trajectory has a tensor {name} the model does not",
+                run.display()
+            )
+        })?;
+        ensure!(
+            w.elem_count() == *count,
+            "{}: tensor {name} has {count} entries in the trajectory but {} in the model",
+            run.display(),
+            w.elem_count()
+        );
+    }
+    let points: Vec<Vec<f32>> = trajectory::read_flat(run, &names)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let plane = trajectory::pca_plane(&points)
+        .with_context(|| format!("the PCA plane of {}", run.display()))?;
+    let last = &points[points.len() - 1];
+    let (mut fixed, mut moving, mut offset) = (base.clone(), Vec::new(), 0);
+    for (name, count) in names {
+        let w = &base[&name];
+        let piece =
+            |v: &[f32]| Tensor::from_slice(&v[offset..offset + count], w.shape(), w.device());
+        let origin = (w + piece(last)?)?;
+        fixed.insert(name.clone(), origin.clone());
+        moving.push(Moving {
+            name,
+            along: Along::Offset {
+                origin,
+                d1: piece(&plane.d1)?,
+            },
+            d2: Some(piece(&plane.d2)?),
+        });
+        offset += count;
+    }
+    Ok(Surface {
+        fixed,
+        moving,
+        start: base.clone(),
+        explained: Some(plane.explained),
     })
 }

@@ -55,6 +55,11 @@ fn texts(config: &LandscapeConfig, n_examples: usize, two_d: bool) -> Texts {
         (Directions::FilterNormalized, true) => {
             "θ(α, β) = θ1 + α·d1 + β·d2; d1, d2 Gaussian, filter-normalised to θ1".to_string()
         }
+        (Directions::Pca, _) => format!(
+            "θ(α, β) = θ_end + α·d1 + β·d2; d1, d2 = the top two principal directions of the \
+             trajectory of {} (unit norm)",
+            checkpoint_name(&config.pca_run)
+        ),
         (Directions::Checkpoints, false) => format!(
             "θ(α) = A + α·(B − A); A = {}, B = {}",
             checkpoint_name(&config.from_checkpoint),
@@ -78,9 +83,11 @@ fn texts(config: &LandscapeConfig, n_examples: usize, two_d: bool) -> Texts {
         Directions::Paper => "α   (α = 0: θ0 random init,  α = 1: θ1 pretrained)",
         Directions::FilterNormalized => "α   (step along d1; α = 0: θ1 pretrained)",
         Directions::Checkpoints => "α   (α = 0: checkpoint A,  α = 1: checkpoint B)",
+        Directions::Pca => "α   (along the first principal direction; α = 0: end of the run)",
     };
     let beta_label = match config.directions {
         Directions::FilterNormalized => "β   (step along d2)",
+        Directions::Pca => "β   (along the second principal direction)",
         _ => "β   (step along δ2)",
     };
     let loss_label = if config.task.is_regression() {
@@ -172,6 +179,7 @@ pub fn figures(config: &LandscapeConfig, rows: &[Row]) -> Result<Figures> {
             z: loss.clone(),
             levels: contour_levels(lo, hi, 10),
             markers: markers.clone(),
+            paths: Vec::new(),
         });
         surface = Some(SurfaceFigure {
             texts: t,

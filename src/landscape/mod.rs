@@ -43,6 +43,7 @@ pub mod figures;
 pub mod neighbourhood;
 pub mod prepare;
 pub mod rows;
+pub mod trajectory;
 
 pub use self::bench::{benchmark, BenchReport};
 pub use self::config::{Directions, Filter1d, LandscapeConfig, MarkedPoint, Point, Range};
@@ -87,6 +88,8 @@ pub struct RunOptions {
     pub plot: bool,
     /// Where figures go (default: `out`).
     pub figures_dir: Option<PathBuf>,
+    /// Training runs to place on the complete 2-D grid ([`trajectory`]).
+    pub trajectories: Vec<PathBuf>,
 }
 
 impl RunOptions {
@@ -101,6 +104,7 @@ impl RunOptions {
             progress: false,
             plot: true,
             figures_dir: None,
+            trajectories: Vec::new(),
         }
     }
 }
@@ -121,6 +125,8 @@ pub struct RunReport {
     pub figures: Vec<PathBuf>,
     /// Loss around θ0 and θ1 (complete grids only).
     pub neighbourhoods: Vec<Neighbourhood>,
+    /// Where `--trajectory` runs lie on the plane.
+    pub trajectory: Option<trajectory::TrajectorySummary>,
 }
 
 /// Checks a grid against the size limit.
@@ -175,6 +181,23 @@ pub fn run(config: &LandscapeConfig, options: &RunOptions) -> Result<RunReport> 
     ensure!(options.jobs >= 1, "--jobs must be at least 1");
     resolve_revision(&mut config)?;
 
+    // Trajectories: checked before the grid, so a bad run directory costs nothing.
+    let trajectory_file = options.out.join(trajectory::TABLE_FILE);
+    if !options.trajectories.is_empty() {
+        ensure!(
+            config.dims == 2 && options.shard.is_whole(),
+            "--trajectory draws runs on a whole 2-D landscape: use --dims 2 and no --shard"
+        );
+        crate::output::ensure_absent(
+            std::slice::from_ref(&trajectory_file),
+            "remove it to place the runs again, or choose another --out",
+        )?;
+        for run in &options.trajectories {
+            trajectory::run_summary(run, &config)?;
+            crate::trajectory::read_table(run)?;
+        }
+    }
+
     // What is left to do of this shard. One writer per shard file (shards of one grid write
     // separate files and never contend), held from before its first read.
     let path = options.out.join(file_name(options.shard));
@@ -185,10 +208,12 @@ pub fn run(config: &LandscapeConfig, options: &RunOptions) -> Result<RunReport> 
 
     // Compute it, writing every finished point.
     let (mut computed, mut interrupted) = (0, false);
+    let mut prepared = None;
     if !plan.todo.is_empty() {
-        let prepared = prepare(&config)?;
-        let done = compute::compute(&prepared, &plan.todo, rows, &path, options)?;
+        let p = prepare(&config)?;
+        let done = compute::compute(&p, &plan.todo, rows, &path, options)?;
         (rows, computed, interrupted) = (done.rows, done.computed, done.interrupted);
+        prepared = Some(p);
     }
     let complete = rows.len() == plan.shard_cells.len();
     if !path.exists() {
@@ -205,6 +230,21 @@ pub fn run(config: &LandscapeConfig, options: &RunOptions) -> Result<RunReport> 
             figures = draw_all(&config, &rows, &dir)?;
         }
     }
+    let mut placed = None;
+    if complete && !options.trajectories.is_empty() {
+        let prepared = match prepared {
+            Some(p) => p,
+            None => prepare(&config)?,
+        };
+        let trajectory_rows = trajectory::place_runs(&prepared, &options.trajectories)?;
+        let summary = trajectory::summarize(&prepared, &trajectory_rows);
+        trajectory::write(&options.out, &summary, &trajectory_rows)?;
+        if options.plot {
+            let dir = options.figures_dir.clone().unwrap_or(options.out.clone());
+            figures.extend(trajectory::draw(&config, &rows, &trajectory_rows, &dir)?);
+        }
+        placed = Some(summary);
+    }
     Ok(RunReport {
         file: path,
         shard: options.shard.to_string(),
@@ -217,6 +257,7 @@ pub fn run(config: &LandscapeConfig, options: &RunOptions) -> Result<RunReport> 
         seconds: start.elapsed().as_secs_f64(),
         figures,
         neighbourhoods: hoods,
+        trajectory: placed,
     })
 }
 

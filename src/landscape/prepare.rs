@@ -91,6 +91,22 @@ pub fn prepare(config: &LandscapeConfig) -> Result<Prepared> {
             );
             (b, Some(a))
         }
+        Directions::Pca => {
+            // The weights the run started from: its θ1 and the head drawn from its seed.
+            let run = config
+                .pca_run
+                .as_deref()
+                .context("--directions pca needs a run")?;
+            let summary = super::trajectory::run_summary(run, config)?;
+            let theta1 = model::load_pretrained(
+                &config.model,
+                None,
+                num_labels,
+                summary.config.seed,
+                &device,
+            )?;
+            (theta1, None)
+        }
         _ => {
             let mut theta1 =
                 model::load_pretrained(&config.model, None, num_labels, config.seed, &device)?;

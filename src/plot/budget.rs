@@ -36,15 +36,8 @@ pub struct BudgetFigure {
     pub flats: Vec<FlatBand>,
 }
 
-/// Line colours, in the order methods appear (matplotlib's tab10).
-pub const COLOURS: [RGBColor; 6] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-];
+/// Line colours, in the order methods appear.
+pub use super::TAB10 as COLOURS;
 
 impl BudgetFigure {
     /// The x range: a decade-aligned span around every point.

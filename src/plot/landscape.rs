@@ -349,6 +349,15 @@ pub struct HeatmapFigure {
     pub z: Vec<Vec<f64>>,
     pub levels: Vec<f64>,
     pub markers: Vec<Marker>,
+    /// Paths drawn over the map (training trajectories), each in its own colour with a legend.
+    pub paths: Vec<PlanePath>,
+}
+
+/// A labelled path of (α, β) points over a heatmap; its first point is drawn hollow.
+#[derive(Debug, Clone)]
+pub struct PlanePath {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
 }
 
 /// Cell edges around grid values: midpoints, and half a step beyond the ends.
@@ -453,6 +462,42 @@ impl Figure for HeatmapFigure {
                             (FONT, 17).into_font().color(&WHITE),
                         ),
                 ))
+                .map_err(drawing_err)?;
+        }
+
+        for (k, path) in self.paths.iter().enumerate() {
+            let colour = super::TAB10[k % super::TAB10.len()];
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    path.points.clone(),
+                    colour.stroke_width(3),
+                )))
+                .map_err(drawing_err)?
+                .label(path.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
+                });
+            chart
+                .draw_series(path.points.iter().enumerate().map(|(i, &p)| {
+                    let style = if i == 0 {
+                        WHITE.filled()
+                    } else {
+                        colour.filled()
+                    };
+                    EmptyElement::at(p)
+                        + Circle::new((0, 0), 4, style)
+                        + Circle::new((0, 0), 4, colour.stroke_width(1))
+                }))
+                .map_err(drawing_err)?;
+        }
+        if !self.paths.is_empty() {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font((FONT, 15))
+                .position(SeriesLabelPosition::UpperLeft)
+                .draw()
                 .map_err(drawing_err)?;
         }
 
@@ -801,6 +846,7 @@ mod tests {
             z: vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]],
             levels: Vec::new(),
             markers: vec![marker(1.0, 1.0, "θ1")],
+            paths: Vec::new(),
         };
         let (w, _) = fig.size();
         let svg = to_svg(&fig).unwrap();

@@ -35,6 +35,16 @@ pub fn register_fonts() {
     });
 }
 
+/// Line colours for series in order (matplotlib's tab10).
+pub const TAB10: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
 /// A figure that can draw itself on any backend.
 pub trait Figure {
     /// Pixel size of the PNG (and the SVG's nominal size).
