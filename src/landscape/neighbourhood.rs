@@ -38,7 +38,7 @@ impl fmt::Display for Neighbourhood {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} ±{} ({} points): loss {:.5} at the point, {:.5}–{:.5} (range {:.5}), mean |step| {:.5}; metric {:.4}–{:.4}",
+            "{} ±{} ({} points): loss {:.5} at the point, {:.5}–{:.5} (range {:.5}), mean |step| {}; metric {:.4}–{:.4}",
             self.label,
             self.half_width,
             self.points,
@@ -46,7 +46,12 @@ impl fmt::Display for Neighbourhood {
             self.loss_min,
             self.loss_max,
             self.loss_range,
-            self.mean_abs_step,
+            // No neighbouring pair inside the window (a one-point grid): no step to average.
+            if self.mean_abs_step.is_finite() {
+                format!("{:.5}", self.mean_abs_step)
+            } else {
+                "n/a (no neighbouring points)".to_string()
+            },
             self.metric_min,
             self.metric_max
         )
