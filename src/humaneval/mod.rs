@@ -651,7 +651,7 @@ mod tests {
     fn completions_stop_at_the_first_codex_stop_sequence() {
         let text = "    return x + 1\n\n\ndef other():\n    pass\n# comment";
         assert_eq!(truncate_at_stop(text), "    return x + 1\n\n");
-        assert_eq!(truncate_at_stop("    return 1\n#x\nif y"), "    return 1\n");
+        assert_eq!(truncate_at_stop("    return 1\n#x\nif y"), "    return 1");
         assert_eq!(truncate_at_stop("    return 1"), "    return 1");
     }
 
