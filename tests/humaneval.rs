@@ -257,9 +257,12 @@ fn eval_humaneval_writes_its_outputs_and_resumes_to_the_same_samples() {
     assert_eq!(partial[..], rows[..partial.len()]);
     // Other settings are refused, and so is a plain rerun.
     let err = common::run_err(
-        common::sift_lab().args(humaneval_args(&killed, &["--resume", "--top-p", "0.9"])),
+        common::sift_lab().args(humaneval_args(&killed, &["--resume", "--prompt", "chat"])),
     );
-    assert!(err.contains("top_p") && err.contains("--resume"), "{err}");
+    assert!(
+        err.contains("prompt: was \"completion\", now \"chat\"") && err.contains("--resume"),
+        "{err}"
+    );
     let err = common::run_err(common::sift_lab().args(humaneval_args(&killed, &[])));
     assert!(err.contains("--resume"), "{err}");
     let text = common::run_ok(common::sift_lab().args(humaneval_args(&killed, &["--resume"])));
