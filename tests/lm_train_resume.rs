@@ -82,8 +82,8 @@ fn an_interrupted_decoder_run_resumes_to_the_uninterrupted_result() {
     let err = common::run_err(common::sift_lab().args(args(&killed, &[])));
     assert!(err.contains("--resume"), "{err}");
     let err =
-        common::run_err(common::sift_lab().args(args(&killed, &["--resume", "--lr", "2e-3"])));
-    assert!(err.contains("lr: was 0.001"), "{err}");
+        common::run_err(common::sift_lab().args(args(&killed, &["--resume", "--held-out", "0.2"])));
+    assert!(err.contains("held_out: was 0.1, now 0.2"), "{err}");
     common::run_ok(common::sift_lab().args(args(&killed, &["--resume"])));
 
     let (a, b) = (summary(&clean), summary(&killed));
