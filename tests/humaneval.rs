@@ -271,3 +271,46 @@ fn eval_humaneval_writes_its_outputs_and_resumes_to_the_same_samples() {
     assert_eq!(samples_of(&killed), rows);
     assert_eq!(resumed["pass_at_k"], summary["pass_at_k"]);
 }
+
+/// Bad input stops before any generation, naming the file and line or the flag.
+#[test]
+fn eval_humaneval_refuses_bad_input() {
+    let dir = common::temp_dir("humaneval-bad");
+    let out = dir.path().join("run");
+    let broken = dir.path().join("HumanEval.jsonl");
+    std::fs::write(
+        &broken,
+        "{\"task_id\": \"T/0\", \"prompt\": \"def f():\\n\", \"entry_point\": \"f\"}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut cmd = common::sift_lab();
+        cmd.args(["eval", "--humaneval", "--out"])
+            .arg(&out)
+            .args(extra);
+        cmd.output().unwrap()
+    };
+    let o = run(&["--humaneval-file", broken.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains(&format!("{}:1", broken.display())) && err.contains("no \"test\" field"),
+        "{err}"
+    );
+    let o = run(&["--samples", "3"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("--samples 3") && err.contains("--temperature"),
+        "{err}"
+    );
+    let o = run(&["--limit", "0"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--limit 0"));
+    let o = common::sift_lab()
+        .args(["eval", "--humaneval"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--out"));
+    assert!(!out.join("samples.parquet").exists());
+}
