@@ -270,6 +270,12 @@ fn eval_humaneval_writes_its_outputs_and_resumes_to_the_same_samples() {
     assert_eq!(resumed["resumed"].as_u64().unwrap() as usize, partial.len());
     assert_eq!(samples_of(&killed), rows);
     assert_eq!(resumed["pass_at_k"], summary["pass_at_k"]);
+    // Resuming the finished run computes nothing and leaves its files as they were.
+    let before = std::fs::read(killed.join("summary.json")).unwrap();
+    let text = common::run_ok(common::sift_lab().args(humaneval_args(&killed, &["--resume"])));
+    let again: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(again["computed_now"], 0);
+    assert_eq!(std::fs::read(killed.join("summary.json")).unwrap(), before);
 }
 
 /// Bad input stops before any generation, naming the file and line or the flag.

@@ -182,7 +182,7 @@ pub struct HumanEvalReport {
     pub computed_now: usize,
     pub resumed: usize,
     pub sandbox: Sandbox,
-    /// Wall time of this invocation.
+    /// Wall time, summed over the sessions of a resumed run.
     pub seconds: f64,
     pub version: String,
 }
@@ -423,7 +423,7 @@ pub fn run(config: &HumanEvalConfig, options: &HumanEvalOptions) -> Result<Human
             bar.finish_and_clear();
         }
     }
-    let report = summarize(
+    let mut report = summarize(
         config,
         &rows,
         &planned,
@@ -433,6 +433,19 @@ pub fn run(config: &HumanEvalConfig, options: &HumanEvalOptions) -> Result<Human
         sandbox,
         started,
     );
+    // On --resume the wall time adds up over sessions; a finished run resumed is left as it was.
+    let earlier: Option<serde_json::Value> = match options.resume && summary_path.exists() {
+        true => std::fs::read_to_string(&summary_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok()),
+        false => None,
+    };
+    if let Some(earlier) = &earlier {
+        report.seconds += earlier["seconds"].as_f64().unwrap_or(0.0);
+        if computed_now == 0 && earlier["status"] == report.status.as_str() {
+            return Ok(report);
+        }
+    }
     output::write_json(&summary_path, &report)?;
     Ok(report)
 }
