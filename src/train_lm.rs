@@ -4,15 +4,19 @@
 //! response loss and perplexity after every epoch. Training steps run the decoder's own
 //! training pass (`backprop::llama`), with AdamW, the schedule and clipping of `optim.rs`.
 //!
-//! Writes metrics.parquet (one row per epoch), summary.json and delta.safetensors to `--out`.
+//! Writes metrics.parquet (one row per epoch), summary.json and delta.safetensors to `--out`,
+//! and after every epoch `state/` (`checkpoint.rs`: trainable values, AdamW moments, selection,
+//! the epochs so far), from which `--resume` continues an interrupted run (Ctrl-C: exit 130,
+//! summary status "interrupted") to the result an uninterrupted run gives: each epoch's order is
+//! a function of the seed and the epoch, so nothing else needs saving.
 //! `--export-hf DIR`: θ1 + Δ merged as a transformers `LlamaForCausalLM` checkpoint. Not yet:
-//! `--resume`, per-step rows.
+//! per-step rows.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use polars::prelude::{Column, DataFrame};
 use rand::seq::SliceRandom;
@@ -22,12 +26,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::backprop::llama::{loss, loss_and_gradients, LmBatch};
 use crate::budget;
+use crate::checkpoint::{
+    read_checkpoint, restore_optimizer, restore_values, saved_selection, write_checkpoint,
+    STATE_DIR,
+};
 use crate::data::alpaca::{self, EncodedInstruction};
 use crate::methods::{FineTuning, MethodKind};
 use crate::model::decoder::load_decoder;
 use crate::model::llama::Llama;
 use crate::model::{EffectiveWeights, WeightMap};
 use crate::optim::{self, AdamW, AdamWConfig};
+use crate::run_lock::RunLock;
 use crate::{output, progress, select};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,6 +69,19 @@ pub struct LmTrainOptions {
     pub out: PathBuf,
     /// Also write θ1 + Δ merged as a transformers `LlamaForCausalLM` checkpoint here.
     pub export_hf: Option<PathBuf>,
+    /// Continue the run in `out` after its last completed epoch.
+    pub resume: bool,
+}
+
+/// What `--resume` restores besides the tensors.
+#[derive(Debug, Serialize, Deserialize)]
+struct LmCheckpoint {
+    config: LmTrainConfig,
+    epochs_completed: usize,
+    steps: usize,
+    initial_held_out_loss: f64,
+    epochs: Vec<EpochRow>,
+    seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,13 +157,31 @@ pub fn run(config: &LmTrainConfig, options: &LmTrainOptions) -> Result<LmTrainSu
         bail!("--method head: a decoder has no task head; use full, sift, random or lora");
     }
     let out = &options.out;
-    if out.join(output::SUMMARY_FILE).exists() {
-        bail!(
-            "{} already holds a run (summary.json); pass another --out",
-            out.display()
-        );
+    // One writer per run directory, from before the first read of its state to the end.
+    let _lock = RunLock::dir(out)?;
+    let state_dir = out.join(STATE_DIR);
+    let previous: Option<LmCheckpoint> = read_checkpoint(&state_dir)?;
+    match (&previous, options.resume) {
+        (Some(_), false) => bail!("{} already holds a run: pass --resume to continue it, or choose another --out", out.display()),
+        (Some(p), true) if p.config != *config => bail!("--resume: {} was started with other settings ({}); rerun with the same flags or another --out", out.display(), output::describe_differences(&output::config_differences(&p.config, config)?)),
+        (None, false) => output::ensure_absent(
+            &[out.join(output::SUMMARY_FILE), out.join("metrics.parquet"), out.join("delta.safetensors")],
+            "choose another --out (this directory holds an earlier run without a checkpoint to resume)",
+        )?,
+        _ => {}
     }
-    std::fs::create_dir_all(out)?;
+    if let Some(p) = previous
+        .as_ref()
+        .filter(|p| p.epochs_completed >= config.epochs)
+    {
+        eprintln!(
+            "{} is already complete ({} of {} epochs): nothing to do",
+            out.display(),
+            p.epochs_completed,
+            config.epochs
+        );
+        return read_summary(out);
+    }
     let decoder = load_decoder(&config.model, &Device::Cpu)?;
     let records = alpaca::load(&config.instructions)?;
     let eos = decoder.config.eos_token_id.unwrap_or(0);
@@ -209,6 +249,13 @@ pub fn run(config: &LmTrainConfig, options: &LmTrainOptions) -> Result<LmTrainSu
             &[],
             &budget::select_random(&shapes, config.rate, config.seed),
         )?,
+        // Resumed: the selection saved with the checkpoint, not a new gradient.
+        MethodKind::Sift if previous.is_some() => FineTuning::sparse(
+            MethodKind::Sift,
+            &base,
+            &[],
+            &saved_selection(&state_dir, &targets)?,
+        )?,
         MethodKind::Sift => {
             // G at θ1 on the first batch of the first epoch's order.
             let first: Vec<&EncodedInstruction> = order(0)
@@ -247,24 +294,46 @@ pub fn run(config: &LmTrainConfig, options: &LmTrainOptions) -> Result<LmTrainSu
             ..AdamWConfig::default()
         },
     )?;
+    if previous.is_some() {
+        restore_values(&method, &state_dir)?;
+        restore_optimizer(&mut optimizer, &state_dir)?;
+    }
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
     let total_steps = steps_per_epoch * config.epochs;
     let warmup = (config.warmup_ratio * total_steps as f64).round() as usize;
     let eval_batch = config.batch_size.max(8);
-    let initial = held_out_loss(
-        &build(&decoder.config, &method.effective_weights()?)?,
-        &held,
-        eval_batch,
-    )?;
-    eprintln!(
-        "{} trainable; held-out loss before training {initial:.4} (perplexity {:.2})",
-        trainable,
-        initial.exp()
-    );
-    let mut epochs = Vec::new();
+    let (initial, mut epochs, mut steps, first_epoch, seconds_before) = match &previous {
+        Some(p) => {
+            eprintln!(
+                "resuming {} after epoch {} (step {})",
+                out.display(),
+                p.epochs_completed,
+                p.steps
+            );
+            (
+                p.initial_held_out_loss,
+                p.epochs.clone(),
+                p.steps,
+                p.epochs_completed,
+                p.seconds,
+            )
+        }
+        None => {
+            let initial = held_out_loss(
+                &build(&decoder.config, &method.effective_weights()?)?,
+                &held,
+                eval_batch,
+            )?;
+            eprintln!(
+                "{} trainable; held-out loss before training {initial:.4} (perplexity {:.2})",
+                trainable,
+                initial.exp()
+            );
+            (initial, Vec::new(), 0, 0, 0.0)
+        }
+    };
     let mut status = "completed";
-    let mut steps = 0;
-    'epochs: for epoch in 0..config.epochs {
+    'epochs: for epoch in first_epoch..config.epochs {
         let bar = progress::bar(steps_per_epoch as u64, "steps");
         let (mut loss_sum, mut loss_count) = (0.0, 0usize);
         let order = order(epoch);
@@ -305,48 +374,25 @@ pub fn run(config: &LmTrainConfig, options: &LmTrainOptions) -> Result<LmTrainSu
             train_loss: loss_sum / loss_count.max(1) as f64,
             held_out_loss: held_loss,
             held_out_perplexity: held_loss.exp(),
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: seconds_before + started.elapsed().as_secs_f64(),
         };
         eprintln!(
             "epoch {}: train loss {:.4}, held-out loss {:.4} (perplexity {:.2})",
             row.epoch, row.train_loss, row.held_out_loss, row.held_out_perplexity
         );
         epochs.push(row);
+        let checkpoint = LmCheckpoint {
+            config: config.clone(),
+            epochs_completed: epoch + 1,
+            steps,
+            initial_held_out_loss: initial,
+            epochs: epochs.clone(),
+            seconds: seconds_before + started.elapsed().as_secs_f64(),
+        };
+        write_checkpoint(&state_dir, &checkpoint, &method, &optimizer)?;
+        write_metrics(out, &epochs, config)?;
     }
-    let mut frame = DataFrame::new_infer_height(vec![
-        Column::new(
-            "epoch".into(),
-            epochs.iter().map(|r| r.epoch as u32).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "step".into(),
-            epochs.iter().map(|r| r.steps as u32).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "train_loss".into(),
-            epochs.iter().map(|r| r.train_loss).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "held_out_loss".into(),
-            epochs.iter().map(|r| r.held_out_loss).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "held_out_perplexity".into(),
-            epochs
-                .iter()
-                .map(|r| r.held_out_perplexity)
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "seconds".into(),
-            epochs.iter().map(|r| r.seconds).collect::<Vec<_>>(),
-        ),
-    ])?;
-    output::write_parquet(
-        &mut frame,
-        &out.join("metrics.parquet"),
-        &[("config".to_string(), serde_json::to_string(config)?)],
-    )?;
+    write_metrics(out, &epochs, config)?;
     let (tensors, meta) = method.delta_tensors()?;
     let views: Vec<(String, Tensor)> = tensors
         .iter()
@@ -379,7 +425,7 @@ pub fn run(config: &LmTrainConfig, options: &LmTrainOptions) -> Result<LmTrainSu
         held_out_records_used: held.iter().map(|e| e.record).collect(),
         epochs,
         peak_rss_mib: crate::peak_rss::peak_rss_mib(),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: seconds_before + started.elapsed().as_secs_f64(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
     output::write_json(&out.join(output::SUMMARY_FILE), &summary)?;
@@ -387,4 +433,54 @@ pub fn run(config: &LmTrainConfig, options: &LmTrainOptions) -> Result<LmTrainSu
         bail!("training diverged (loss is not finite); lower --lr");
     }
     Ok(summary)
+}
+
+/// metrics.parquet: one row per completed epoch, the settings in its metadata.
+fn write_metrics(out: &Path, rows: &[EpochRow], config: &LmTrainConfig) -> Result<()> {
+    let mut frame = DataFrame::new_infer_height(vec![
+        Column::new(
+            "epoch".into(),
+            rows.iter().map(|r| r.epoch as u32).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "step".into(),
+            rows.iter().map(|r| r.steps as u32).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "train_loss".into(),
+            rows.iter().map(|r| r.train_loss).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "held_out_loss".into(),
+            rows.iter().map(|r| r.held_out_loss).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "held_out_perplexity".into(),
+            rows.iter()
+                .map(|r| r.held_out_perplexity)
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "seconds".into(),
+            rows.iter().map(|r| r.seconds).collect::<Vec<_>>(),
+        ),
+    ])?;
+    output::write_parquet(
+        &mut frame,
+        &out.join("metrics.parquet"),
+        &[("config".to_string(), serde_json::to_string(config)?)],
+    )
+}
+
+/// The summary of a finished run.
+fn read_summary(out: &Path) -> Result<LmTrainSummary> {
+    let path = out.join(output::SUMMARY_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: the run's checkpoint is complete but its summary is missing; remove {} to train again",
+            path.display(),
+            out.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{}: unreadable summary", path.display()))
 }

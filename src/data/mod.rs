@@ -1,4 +1,5 @@
-//! GLUE data: task definitions, TSV loading, tokenisation and batching; `mmlu.rs`: MMLU CSVs.
+//! GLUE data: task definitions, TSV loading, tokenisation and batching; `mmlu.rs`: MMLU CSVs;
+//! `humaneval.rs`: HumanEval problems; `alpaca.rs`: instruction records.
 //!
 //! The pipeline is `load_examples` (raw rows) → `encode_examples` (token ids) → `Dataset`
 //! (both, plus the pad id) → `Dataset::batches` (padded tensors on a device).
@@ -7,6 +8,7 @@ pub mod alpaca;
 mod batches;
 mod dataset;
 mod encode;
+pub mod humaneval;
 mod location;
 pub mod mmlu;
 mod tasks;
