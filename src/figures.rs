@@ -145,7 +145,16 @@ pub fn run(config: &FiguresConfig) -> Result<FiguresReport> {
             Kind::Landscape => {
                 // Drawn from the rows alone (plot_only would also rewrite the run's summary.json).
                 let file = landscape::rows::read_file(&dir.join("landscape.parquet"))?;
-                let files = landscape::draw_all(&file.config, &file.rows, &target)?;
+                let mut files = landscape::draw_all(&file.config, &file.rows, &target)?;
+                if dir.join(landscape::trajectory::TABLE_FILE).is_file() {
+                    let placed = landscape::trajectory::read(&dir)?;
+                    files.extend(landscape::trajectory::draw(
+                        &file.config,
+                        &file.rows,
+                        &placed,
+                        &target,
+                    )?);
+                }
                 let c = &file.config;
                 let seconds: f64 = file.rows.iter().map(|r| r.seconds).sum();
                 Entry {

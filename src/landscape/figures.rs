@@ -56,8 +56,7 @@ fn texts(config: &LandscapeConfig, n_examples: usize, two_d: bool) -> Texts {
             "θ(α, β) = θ1 + α·d1 + β·d2; d1, d2 Gaussian, filter-normalised to θ1".to_string()
         }
         (Directions::Pca, _) => format!(
-            "θ(α, β) = θ_end + α·d1 + β·d2; d1, d2 = the top two principal directions of the \
-             trajectory of {} (unit norm)",
+            "θ_end + α·d1 + β·d2; d1, d2: top-2 PCA directions of {}'s trajectory",
             checkpoint_name(&config.pca_run)
         ),
         (Directions::Checkpoints, false) => format!(

@@ -198,6 +198,35 @@ pub fn write(dir: &Path, summary: &TrajectorySummary, rows: &[TrajectoryRow]) ->
     output::write_json(&dir.join(SUMMARY_FILE), summary)
 }
 
+/// Reads `dir/trajectory.parquet` back (for redrawing without the model).
+pub fn read(dir: &Path) -> Result<Vec<TrajectoryRow>> {
+    use crate::output::column;
+    let df = output::read_parquet(&dir.join(TABLE_FILE))?;
+    let runs = column::strings(&df, "run")?;
+    let methods = column::strings(&df, "method")?;
+    let steps = column::u64s(&df, "step")?;
+    let epochs = column::u64s(&df, "epoch")?;
+    let f = |name: &str| column::f64s_or_nan(&df, name);
+    let (train_loss, alpha, beta) = (f("train_loss")?, f("alpha")?, f("beta")?);
+    let (off_plane, distance, loss, metric) =
+        (f("off_plane")?, f("distance")?, f("loss")?, f("metric")?);
+    Ok((0..runs.len())
+        .map(|i| TrajectoryRow {
+            run: runs[i].clone(),
+            method: methods[i].clone(),
+            step: steps[i] as usize,
+            epoch: epochs[i] as usize,
+            train_loss: train_loss[i],
+            alpha: alpha[i],
+            beta: beta[i],
+            off_plane: off_plane[i],
+            distance: distance[i],
+            loss: loss[i],
+            metric: metric[i],
+        })
+        .collect())
+}
+
 /// The landscape's heatmap with one path per run, written as `trajectory_2d.png` / `.svg`.
 pub fn draw(
     config: &LandscapeConfig,
