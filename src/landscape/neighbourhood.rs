@@ -38,11 +38,15 @@ impl fmt::Display for Neighbourhood {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} ±{} ({} points): loss {:.5} at the point, {:.5}–{:.5} (range {:.5}), mean |step| {}; metric {:.4}–{:.4}",
+            "{} ±{} ({} points): loss {} at the point, {:.5}–{:.5} (range {:.5}), mean |step| {}; metric {:.4}–{:.4}",
             self.label,
             self.half_width,
             self.points,
-            self.loss_at,
+            if self.loss_at.is_finite() {
+                format!("{:.5}", self.loss_at)
+            } else {
+                "n/a (not a grid point)".to_string()
+            },
             self.loss_min,
             self.loss_max,
             self.loss_range,
@@ -58,7 +62,8 @@ impl fmt::Display for Neighbourhood {
     }
 }
 
-/// Loss statistics around each marked point (θ0 and θ1, or A and B) of a grid.
+/// Loss statistics around each marked point (θ0 and θ1, or A and B) of a grid. A marked point
+/// with no grid point within `half_width` (a coarse grid) has no statistics and is left out.
 pub fn neighbourhoods(
     config: &LandscapeConfig,
     rows: &[Row],
@@ -72,11 +77,14 @@ pub fn neighbourhoods(
     config
         .marked_points()
         .into_iter()
-        .map(|m| {
+        .filter_map(|m| {
             let inside: Vec<&Row> = rows
                 .iter()
                 .filter(|r| near(r.alpha, m.alpha) && near(r.beta, m.beta))
                 .collect();
+            if inside.is_empty() {
+                return None;
+            }
             let fold = |f: &dyn Fn(&Row) -> f64| {
                 inside
                     .iter()
@@ -103,7 +111,7 @@ pub fn neighbourhoods(
                 .iter()
                 .find(|r| r.alpha == m.alpha && r.beta == m.beta)
                 .map_or(f64::NAN, |r| r.loss);
-            Neighbourhood {
+            Some(Neighbourhood {
                 label: m.label,
                 alpha: m.alpha,
                 beta: m.beta,
@@ -120,7 +128,7 @@ pub fn neighbourhoods(
                 },
                 metric_min,
                 metric_max,
-            }
+            })
         })
         .collect()
 }
