@@ -623,13 +623,11 @@ fn reselection_keeps_the_budget_and_resume_equals_an_uninterrupted_run() {
 fn method_random_is_selector_random() {
     let tmp = common::temp_dir("random-rule");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let short = ["--epochs", "1", "--train-limit", "16"];
-    let mut args = train_args(&a, &["--method", "random"]);
-    args.extend(short.iter().map(|s| s.to_string()));
-    run_ok(sift_lab().args(args));
-    let mut args = train_args(&b, &["--method", "sift", "--selector", "random"]);
-    args.extend(short.iter().map(|s| s.to_string()));
-    run_ok(sift_lab().args(args));
+    run_ok(sift_lab().args(train_args(&a, &["--method", "random"])));
+    run_ok(sift_lab().args(train_args(
+        &b,
+        &["--method", "sift", "--selector", "random"],
+    )));
     let (da, db) = (delta_of(&a), delta_of(&b));
     let indices: Vec<&String> = da.keys().filter(|n| n.ends_with(".indices")).collect();
     assert_eq!(indices.len(), 12);
