@@ -797,3 +797,41 @@ fn the_selectors_config_expands_to_every_rule_at_exact_budgets() {
     assert_eq!(3528, 24 * 147);
     assert_eq!(176_928, 24 * 7372);
 }
+
+/// The committed Table 4 grid (written before the selectors axis existed) stays valid: its
+/// stored configuration equals today's parse of the config, every stored cell is a cell of
+/// today's grid under the same id, and each cell's train config equals the one in its summary.
+#[test]
+fn committed_table4_results_keep_their_ids_and_configuration() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("results/table4-modules");
+    let stored = sift_lab::ablate::results::read(&dir.join("results.parquet")).unwrap();
+    let mut config =
+        sift_lab::ablate::config::load(&root.join("analyses/table4-modules.toml"), Some("cpu"))
+            .unwrap();
+    config.random = true;
+    sift_lab::grid::check_same_config(&dir, &stored.config, &config).unwrap();
+    let grid = sift_lab::ablate::cells::expand(&config).unwrap();
+    let ids: std::collections::BTreeSet<String> =
+        grid.cells.iter().map(sift_lab::grid::Cell::id).collect();
+    assert!(stored.rows.len() >= 90, "{}", stored.rows.len());
+    let data_dir = common::glue_dir();
+    let mut compared = 0;
+    for row in &stored.rows {
+        let id = sift_lab::grid::Cell::id(row);
+        assert!(ids.contains(&id) && !id.contains("selector"), "{id}");
+        let summary = dir
+            .join("cells")
+            .join(row.cell.dir_name())
+            .join("summary.json");
+        if let Ok(text) = std::fs::read_to_string(&summary) {
+            let s: sift_lab::train::TrainSummary = serde_json::from_str(&text).unwrap();
+            let mut now = row.cell.train_config(&config, &data_dir);
+            now.data_dir = s.config.data_dir.clone();
+            now.model = s.config.model.clone();
+            assert_eq!(s.config, now, "{id}");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, stored.rows.len());
+}
