@@ -479,35 +479,28 @@ fn optimizer_names(optimizer: &AdamW) -> Vec<String> {
     optimizer.params().iter().map(|p| p.name.clone()).collect()
 }
 
+/// A short RTE run's flags; a flag in `extra` replaces the default of the same name.
 fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--threads",
-        "1",
-        "train",
-        "--task",
-        "rte",
-        "--train-limit",
-        "48",
-        "--eval-limit",
-        "16",
-        "--batch-size",
-        "8",
-        "--max-len",
-        "48",
-        "--epochs",
-        "2",
-        "--lr",
-        "5e-3",
-        "--rate",
-        "0.01",
-        "--modules",
-        "q,v",
-        "--log-every",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let defaults = [
+        ("--train-limit", "48"),
+        ("--eval-limit", "16"),
+        ("--batch-size", "8"),
+        ("--max-len", "48"),
+        ("--epochs", "2"),
+        ("--lr", "5e-3"),
+        ("--rate", "0.01"),
+        ("--modules", "q,v"),
+        ("--log-every", "1"),
+    ];
+    let mut args: Vec<String> = ["--threads", "1", "train", "--task", "rte"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+    }
     args.push("--data-dir".into());
     args.push(common::glue_dir().display().to_string());
     args.push("--out".into());
@@ -834,4 +827,62 @@ fn committed_table4_results_keep_their_ids_and_configuration() {
         }
     }
     assert_eq!(compared, stored.rows.len());
+}
+
+/// Bad selector and reselection flags are refused before any work, naming the flag.
+#[test]
+fn bad_selector_flags_name_the_flag() {
+    let tmp = common::temp_dir("selector-flags");
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--method", "full", "--selector", "movement"],
+            "--selector movement",
+        ),
+        (
+            &["--method", "random", "--selector", "fisher"],
+            "--method random is --selector random",
+        ),
+        (
+            &["--selector", "movement", "--movement-steps", "0"],
+            "--movement-steps 0",
+        ),
+        (&["--reselect-every", "0"], "--reselect-every 0"),
+        (
+            &["--reselect-every", "5", "--reselect-fraction", "1.5"],
+            "--reselect-fraction 1.5",
+        ),
+        (
+            &["--method", "lora", "--reselect-every", "5"],
+            "--reselect-every",
+        ),
+    ];
+    for (i, (extra, says)) in cases.iter().enumerate() {
+        let out = tmp.path().join(format!("run{i}"));
+        let err = common::run_err(sift_lab().args(train_args(&out, extra)));
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(!out.join("summary.json").exists());
+    }
+    // Reselection needs weight matrices: a bias target is refused, naming it.
+    let out = tmp.path().join("bias");
+    let err = common::run_err(sift_lab().args(train_args(
+        &out,
+        &[
+            "--modules",
+            "attention",
+            "--reselect-every",
+            "5",
+            "--train-limit",
+            "8",
+        ],
+    )));
+    assert!(
+        err.contains("not a linear weight") && err.contains("bias"),
+        "{err}"
+    );
+    let err = common::run_err(
+        sift_lab()
+            .args(["masks", "--task", "mrpc", "--batches", "0", "--out"])
+            .arg(tmp.path().join("m")),
+    );
+    assert!(err.contains("--batches 0"), "{err}");
 }
