@@ -837,6 +837,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(args) => {
             if let Some(instructions) = args.instructions {
+                if args.selector.config() != sift_lab::selectors::SelectorConfig::default() {
+                    bail!("--selector, --movement-*, --reselect-*: apply to GLUE training (--task); --instructions selects by the gradient rule only");
+                }
                 let model = match args.model.as_str() {
                     hub::DEFAULT_MODEL => hub::DEFAULT_DECODER.to_string(),
                     other => other.to_string(),

@@ -881,6 +881,19 @@ fn bad_selector_flags_name_the_flag() {
     );
     let err = common::run_err(
         sift_lab()
+            .args([
+                "train",
+                "--instructions",
+                "x.json",
+                "--selector",
+                "fisher",
+                "--out",
+            ])
+            .arg(tmp.path().join("lm")),
+    );
+    assert!(err.contains("--instructions"), "{err}");
+    let err = common::run_err(
+        sift_lab()
             .args(["masks", "--task", "mrpc", "--batches", "0", "--out"])
             .arg(tmp.path().join("m")),
     );
