@@ -3,7 +3,9 @@
 //!
 //! RUN_DIR holds `metrics.parquet` (one row per logged step and per epoch), `summary.json`,
 //! `delta.safetensors` (the increment alone), and `state/` (trainable values, optimizer moments
-//! and rows so far, written after every epoch) from which `--resume` continues.
+//! and rows so far, written after every epoch) from which `--resume` continues; with
+//! `--reselect-every`, also `selection.parquet` (every reselection of the mask, see
+//! `crate::selectors::reselect`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
