@@ -32,6 +32,16 @@ pub fn budget(rate: f64, numel: usize) -> usize {
 /// Flat indices (ascending) of the k entries of largest |g|; ties go to the lower index, and
 /// NaN counts as the smallest magnitude.
 pub fn top_k_indices(g: &[f32], k: usize) -> Vec<u32> {
+    top_k_by_key(g, k, magnitude_order)
+}
+
+/// Flat indices (ascending) of the k entries of largest score (signed: −3 ranks below 1); ties
+/// go to the lower index, and NaN ranks lowest. A rule that wants the smallest values scores −x.
+pub fn top_k_by_score(scores: &[f32], k: usize) -> Vec<u32> {
+    top_k_by_key(scores, k, signed_order)
+}
+
+fn top_k_by_key(g: &[f32], k: usize, order: fn(f32) -> u32) -> Vec<u32> {
     let k = k.min(g.len());
     if k == 0 {
         return Vec::new();
@@ -41,7 +51,7 @@ pub fn top_k_indices(g: &[f32], k: usize) -> Vec<u32> {
         "tensor too long for u32 indices"
     );
     let mut indices: Vec<u32> = (0..g.len() as u32).collect();
-    let key = |i: &u32| (std::cmp::Reverse(magnitude_order(g[*i as usize])), *i);
+    let key = |i: &u32| (std::cmp::Reverse(order(g[*i as usize])), *i);
     if k < indices.len() {
         indices.select_nth_unstable_by_key(k - 1, key);
         indices.truncate(k);
@@ -59,43 +69,97 @@ fn magnitude_order(x: f32) -> u32 {
     }
 }
 
-/// SIFT's selection from accumulated gradients: per tensor, or globally with the same total.
+/// A total order on signed x for f32 (NaN lowest, then −∞ … +∞; −0 and +0 are equal).
+fn signed_order(x: f32) -> u32 {
+    if x.is_nan() {
+        0
+    } else {
+        let bits = (x + 0.0).to_bits();
+        // Negative numbers order by reversed magnitude below the positive ones; +1 keeps the
+        // most negative value above NaN's 0.
+        if bits & 0x8000_0000 != 0 {
+            (!bits).max(1)
+        } else {
+            bits | 0x8000_0000
+        }
+    }
+}
+
+/// SIFT's selection from accumulated gradients (top-k |G|): per tensor, or globally with the
+/// same total.
 pub fn select_by_gradient(
     gradients: &BTreeMap<String, Vec<f32>>,
     rate: f64,
     selection: Selection,
 ) -> BTreeMap<String, Vec<u32>> {
+    select_by_key(gradients, rate, selection, magnitude_order)
+}
+
+/// Every selection rule's top-k (`crate::selectors`): the k entries of largest score per tensor,
+/// or the same total of largest scores over all tensors together. Scores are signed (see
+/// [`top_k_by_score`]).
+pub fn select_by_score(
+    scores: &BTreeMap<String, Vec<f32>>,
+    rate: f64,
+    selection: Selection,
+) -> BTreeMap<String, Vec<u32>> {
+    select_by_key(scores, rate, selection, signed_order)
+}
+
+/// The `total` entries of largest score over all tensors together (ties: the earlier tensor in
+/// name order, then the lower index), as ascending flat indices per tensor.
+pub fn global_top_by_score(
+    scores: &BTreeMap<String, Vec<f32>>,
+    total: usize,
+) -> BTreeMap<String, Vec<u32>> {
+    global_top_by_key(scores, total, signed_order)
+}
+
+fn select_by_key(
+    gradients: &BTreeMap<String, Vec<f32>>,
+    rate: f64,
+    selection: Selection,
+    order: fn(f32) -> u32,
+) -> BTreeMap<String, Vec<u32>> {
     match selection {
         Selection::PerTensor => gradients
             .iter()
-            .map(|(name, g)| (name.clone(), top_k_indices(g, budget(rate, g.len()))))
+            .map(|(name, g)| (name.clone(), top_k_by_key(g, budget(rate, g.len()), order)))
             .collect(),
         Selection::Global => {
             let total: usize = gradients.values().map(|g| budget(rate, g.len())).sum();
-            // One pool over all tensors; each entry remembers its tensor.
-            let names: Vec<&String> = gradients.keys().collect();
-            let mut pool: Vec<(u32, u32, u32)> = Vec::new();
-            for (t, g) in gradients.values().enumerate() {
-                pool.extend(
-                    g.iter()
-                        .enumerate()
-                        .map(|(i, v)| (magnitude_order(*v), t as u32, i as u32)),
-                );
-            }
-            let mut chosen: BTreeMap<String, Vec<u32>> =
-                names.iter().map(|n| ((*n).clone(), Vec::new())).collect();
-            let total = total.min(pool.len());
-            if total == 0 {
-                return chosen;
-            }
-            pool.select_nth_unstable_by_key(total - 1, |&(m, t, i)| (std::cmp::Reverse(m), t, i));
-            for &(_, t, i) in &pool[..total] {
-                chosen.get_mut(names[t as usize]).unwrap().push(i);
-            }
-            chosen.values_mut().for_each(|v| v.sort_unstable());
-            chosen
+            global_top_by_key(gradients, total, order)
         }
     }
+}
+
+fn global_top_by_key(
+    gradients: &BTreeMap<String, Vec<f32>>,
+    total: usize,
+    order: fn(f32) -> u32,
+) -> BTreeMap<String, Vec<u32>> {
+    // One pool over all tensors; each entry remembers its tensor.
+    let names: Vec<&String> = gradients.keys().collect();
+    let mut pool: Vec<(u32, u32, u32)> = Vec::new();
+    for (t, g) in gradients.values().enumerate() {
+        pool.extend(
+            g.iter()
+                .enumerate()
+                .map(|(i, v)| (order(*v), t as u32, i as u32)),
+        );
+    }
+    let mut chosen: BTreeMap<String, Vec<u32>> =
+        names.iter().map(|n| ((*n).clone(), Vec::new())).collect();
+    let total = total.min(pool.len());
+    if total == 0 {
+        return chosen;
+    }
+    pool.select_nth_unstable_by_key(total - 1, |&(m, t, i)| (std::cmp::Reverse(m), t, i));
+    for &(_, t, i) in &pool[..total] {
+        chosen.get_mut(names[t as usize]).unwrap().push(i);
+    }
+    chosen.values_mut().for_each(|v| v.sort_unstable());
+    chosen
 }
 
 /// The random baseline: k indices per tensor drawn uniformly without replacement, from the
@@ -231,6 +295,28 @@ mod tests {
         assert_eq!(top_k_indices(&g, 10), vec![0, 1, 2, 3, 4, 5]);
         assert!(top_k_indices(&g, 0).is_empty());
         assert_eq!(top_k_indices(&[f32::NAN, 1.0, -2.0], 2), vec![1, 2]);
+    }
+
+    #[test]
+    fn score_top_k_is_signed_with_nan_lowest() {
+        let s = [0.5, -7.0, 3.0, f32::NAN, -0.0, 0.0, f32::NEG_INFINITY, -1.0];
+        // Largest first: 3.0 (2), 0.5 (0), then ±0 (4, 5: equal, lower index first).
+        assert_eq!(top_k_by_score(&s, 1), vec![2]);
+        assert_eq!(top_k_by_score(&s, 3), vec![0, 2, 4]);
+        assert_eq!(top_k_by_score(&s, 4), vec![0, 2, 4, 5]);
+        // Then −1 (7), −7 (1), −∞ (6); NaN (3) last.
+        assert_eq!(top_k_by_score(&s, 5), vec![0, 2, 4, 5, 7]);
+        assert_eq!(top_k_by_score(&s, 7), vec![0, 1, 2, 4, 5, 6, 7]);
+        // The smallest |x| through −|x|.
+        let w = [0.3f32, -0.1, 2.0, -0.05];
+        let neg: Vec<f32> = w.iter().map(|x| -x.abs()).collect();
+        assert_eq!(top_k_by_score(&neg, 2), vec![1, 3]);
+        // On magnitudes, the score top-k is SIFT's top-k.
+        let g = [0.1f32, -5.0, 3.0, -3.0, 0.0, 4.0];
+        let abs: Vec<f32> = g.iter().map(|x| x.abs()).collect();
+        for k in 0..=6 {
+            assert_eq!(top_k_by_score(&abs, k), top_k_indices(&g, k), "k = {k}");
+        }
     }
 
     #[test]

@@ -124,6 +124,21 @@ impl GradientSource {
         Ok(BatchGradients { loss, grads: flat })
     }
 
+    /// The current values of the chosen tensors, flattened (row-major): after `step`s of a
+    /// fine-tuning run, where the run has taken them.
+    pub fn chosen_values(&self) -> Result<BTreeMap<String, Vec<f32>>> {
+        self.chosen
+            .iter()
+            .map(|(name, var)| {
+                let t = var.as_tensor().flatten_all()?;
+                Ok((
+                    name.clone(),
+                    t.to_dtype(candle_core::DType::F32)?.to_vec1()?,
+                ))
+            })
+            .collect()
+    }
+
     /// The gradients summed over `batches` (element by element, in batch order), per chosen
     /// tensor. At least one batch is required.
     pub fn accumulate(

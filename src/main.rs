@@ -47,6 +47,8 @@ enum Command {
     Memory(MemoryArgs),
     /// Hessian sharpness along θ0 → θ1: top eigenvalues (Lanczos) and trace (Hutchinson) of the mean loss, per scope.
     Sharpness(SharpnessArgs),
+    /// Every selection rule's mask for one model, task and budget, and how much the masks overlap (mask-overlap.parquet).
+    Masks(MasksArgs),
     /// Run the command an analysis config names (analyses/*.toml: one per paper figure or table).
     Run {
         /// The config file, e.g. analyses/fig2-landscape-1d-rte.toml.
@@ -191,6 +193,8 @@ struct TrainArgs {
     /// Top-k per tensor, or globally across the targeted tensors with the same total budget.
     #[arg(long, value_enum, default_value = "per-tensor")]
     selection: sift_lab::budget::Selection,
+    #[command(flatten)]
+    selector: SelectorArgs,
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
     #[arg(long, default_value_t = 16.0)]
@@ -234,6 +238,87 @@ struct TrainArgs {
     /// `sift-lab landscape --trajectory RUN`.
     #[arg(long, value_name = "N")]
     trajectory_every: Option<usize>,
+}
+
+/// Which entries `--method sift` trains, and whether it reselects them.
+#[derive(Args)]
+struct SelectorArgs {
+    /// Selection rule: gradient (|sum of G| over --selection-batches, the paper), fisher (sum of
+    /// g^2), magnitude-largest / magnitude-smallest (|W|), movement (|theta - theta1| after a
+    /// warm-up), random.
+    #[arg(long, value_enum, default_value = "gradient")]
+    selector: sift_lab::selectors::Selector,
+    /// movement: steps of full fine-tuning before the rewind to the pretrained weights.
+    #[arg(long, default_value_t = 20)]
+    movement_steps: usize,
+    /// movement: the warm-up's constant learning rate.
+    #[arg(long, default_value_t = 2e-5)]
+    movement_lr: f64,
+    /// Every N steps drop the selected entries with the smallest |delta| and regrow as many
+    /// with the largest accumulated |gradient| (SpIEL-style); logged to selection.parquet.
+    #[arg(long)]
+    reselect_every: Option<usize>,
+    /// The fraction of the selected entries each reselection drops and regrows.
+    #[arg(long, default_value_t = 0.1)]
+    reselect_fraction: f64,
+}
+
+impl SelectorArgs {
+    fn config(&self) -> sift_lab::selectors::SelectorConfig {
+        sift_lab::selectors::SelectorConfig {
+            rule: self.selector,
+            movement_steps: self.movement_steps,
+            movement_lr: self.movement_lr,
+            reselect_every: self.reselect_every,
+            reselect_fraction: self.reselect_fraction,
+        }
+    }
+}
+
+#[derive(Args)]
+struct MasksArgs {
+    #[arg(long, default_value = hub::DEFAULT_MODEL)]
+    model: String,
+    /// GLUE task whose training batches the gradient rules and the movement warm-up read.
+    #[arg(long, value_parser = task_arg)]
+    task: Task,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Targeted tensors, comma-separated: q, k, v, o, attention, ffn, all.
+    #[arg(long, default_value = "q,k,v,o")]
+    modules: String,
+    /// Fraction of each targeted tensor selected: k = max(1, floor(rate * numel)).
+    #[arg(long, default_value_t = 0.01)]
+    rate: f64,
+    #[arg(long, value_enum, default_value = "per-tensor")]
+    selection: sift_lab::budget::Selection,
+    /// s: batches whose gradients (at the pretrained weights) the gradient and fisher rules sum.
+    #[arg(long, default_value_t = 1)]
+    batches: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// movement: warm-up steps of full fine-tuning.
+    #[arg(long, default_value_t = 20)]
+    movement_steps: usize,
+    /// movement: the warm-up's constant learning rate.
+    #[arg(long, default_value_t = 2e-5)]
+    movement_lr: f64,
+    /// The rules to compare, comma-separated (default: all six).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "gradient,fisher,magnitude-largest,magnitude-smallest,movement,random"
+    )]
+    rules: Vec<sift_lab::selectors::Selector>,
+    /// Use only the first N training examples.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Output folder: mask-overlap.parquet, mask-overlap.md, masks.safetensors, summary.json.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -806,6 +891,32 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{report:#?}");
             }
         }
+        Command::Masks(args) => {
+            let config = sift_lab::masks::MasksConfig {
+                model: args.model,
+                task: args.task,
+                data_dir: args.data.dir.resolve()?,
+                modules: args.modules,
+                rate: args.rate,
+                selection: args.selection,
+                batches: args.batches,
+                batch_size: args.batch_size,
+                max_len: args.data.max_len,
+                seed: args.seed,
+                movement_steps: args.movement_steps,
+                movement_lr: args.movement_lr,
+                rules: args.rules,
+                train_limit: args.train_limit,
+            };
+            let report = match sift_lab::masks::run(&config, &args.out) {
+                Err(e) if sift_lab::progress::interrupted() => {
+                    eprintln!("{e:#}");
+                    std::process::exit(sift_lab::progress::INTERRUPTED_EXIT_CODE);
+                }
+                other => other?,
+            };
+            print!("{}", sift_lab::masks::table(&report.pooled, &config));
+        }
         Command::Train(args) => {
             if let Some(instructions) = args.instructions {
                 ensure!(
@@ -813,6 +924,9 @@ fn run(cli: Cli) -> Result<()> {
                     "--trajectory-every records encoder runs only (the landscape is an encoder \
                      analysis); drop it for --instructions"
                 );
+                if args.selector.config() != sift_lab::selectors::SelectorConfig::default() {
+                    bail!("--selector, --movement-*, --reselect-*: apply to GLUE training (--task); --instructions selects by the gradient rule only");
+                }
                 let model = match args.model.as_str() {
                     hub::DEFAULT_MODEL => hub::DEFAULT_DECODER.to_string(),
                     other => other.to_string(),
@@ -874,6 +988,7 @@ fn run(cli: Cli) -> Result<()> {
                 train_limit: args.train_limit,
                 eval_limit: args.eval_limit,
                 log_every: args.log_every,
+                selector: args.selector.config(),
             };
             let options = train::TrainOptions {
                 out: args.out,

@@ -342,6 +342,63 @@ impl FineTuning {
         Ok((tensors, meta))
     }
 
+    /// The current increment values per sparse target, in the order of its indices.
+    pub fn sparse_values(&self) -> Result<BTreeMap<String, Vec<f32>>> {
+        self.sparse
+            .iter()
+            .map(|t| {
+                let v = t.values.as_tensor().to_dtype(candle_core::DType::F32)?;
+                Ok((t.name.clone(), v.to_vec1::<f32>()?))
+            })
+            .collect()
+    }
+
+    /// Moves the mask of the sparse targets named in `new` to those (ascending) flat indices.
+    /// An entry kept keeps its value; a new entry starts at Δ = 0; a dropped entry returns to
+    /// θ1 (its value is gone). Returns, per target and new entry, its position in the old mask
+    /// (`None`: new), so that optimizer state can follow. The values are new `Var`s: an
+    /// optimizer built before holds stale ones (see `selectors::reselect`).
+    pub fn move_mask(
+        &mut self,
+        new: &BTreeMap<String, Vec<u32>>,
+    ) -> Result<BTreeMap<String, Vec<Option<usize>>>> {
+        let mut moved = BTreeMap::new();
+        for target in self.sparse.iter_mut() {
+            let Some(indices) = new.get(&target.name) else {
+                continue;
+            };
+            let old: Vec<u32> = target.indices.to_vec1()?;
+            let old_values = target.values.as_tensor().clone();
+            let values_f32: Vec<f32> = old_values.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            let from: Vec<Option<usize>> =
+                indices.iter().map(|i| old.binary_search(i).ok()).collect();
+            let values: Vec<f32> = from
+                .iter()
+                .map(|p| p.map_or(0.0, |p| values_f32[p]))
+                .collect();
+            let device = old_values.device();
+            let values =
+                Tensor::from_vec(values, indices.len(), device)?.to_dtype(old_values.dtype())?;
+            target.values = Var::from_tensor(&values)?;
+            if let Some((rows, cols)) = &mut target.rows_cols {
+                let cols_n = target.shape[1] as u32;
+                *rows = indices.iter().map(|i| i / cols_n).collect();
+                *cols = indices.iter().map(|i| i % cols_n).collect();
+            }
+            target.indices = Tensor::from_slice(indices, indices.len(), device)?;
+            moved.insert(target.name.clone(), from);
+        }
+        Ok(moved)
+    }
+
+    /// Whether the sparse target `name` is a linear weight (its increment reaches the model as an
+    /// [`Increment`], with the base weight as its own tensor).
+    pub fn is_linear_target(&self, name: &str) -> bool {
+        self.sparse
+            .iter()
+            .any(|t| t.name == name && t.rows_cols.is_some())
+    }
+
     /// The selected flat indices per sparse target.
     pub fn selected_indices(&self) -> Result<BTreeMap<String, Vec<u32>>> {
         self.sparse

@@ -3,7 +3,9 @@
 //!
 //! RUN_DIR holds `metrics.parquet` (one row per logged step and per epoch), `summary.json`,
 //! `delta.safetensors` (the increment alone), and `state/` (trainable values, optimizer moments
-//! and rows so far, written after every epoch) from which `--resume` continues.
+//! and rows so far, written after every epoch) from which `--resume` continues; with
+//! `--reselect-every`, also `selection.parquet` (every reselection of the mask, see
+//! `crate::selectors::reselect`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::backprop;
-use crate::budget::{self, Selection};
+use crate::budget::Selection;
 use crate::checkpoint::{
     read_checkpoint, restore_optimizer, restore_values, saved_selection, write_checkpoint,
 };
@@ -26,6 +28,7 @@ use crate::model::{self, Pretrained};
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::run_lock::RunLock;
 use crate::select;
+use crate::selectors::{self, reselect, SelectorConfig};
 use crate::{eval, output, progress, trajectory};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -54,6 +57,9 @@ pub struct TrainConfig {
     pub eval_limit: Option<usize>,
     /// Log a step row every N steps.
     pub log_every: usize,
+    /// Which entries sift trains (the rule) and whether it reselects them (`crate::selectors`).
+    #[serde(default)]
+    pub selector: SelectorConfig,
 }
 
 impl TrainConfig {
@@ -93,6 +99,7 @@ impl TrainConfig {
         if self.log_every == 0 {
             bail!("--log-every 0: give at least 1 (a training-loss row every N steps)");
         }
+        self.selector.validate(self.method)?;
         Ok(())
     }
 }
@@ -295,7 +302,7 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
     )?;
 
     let head = model::weights::head_names(&pretrained.config, pretrained.num_labels)?;
-    let method = build_method(
+    let mut method = build_method(
         config,
         &pretrained,
         &train,
@@ -350,6 +357,16 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
             ),
         };
 
+    // Periodic reselection of the mask (`--reselect-every`), resumed with the checkpoint.
+    let mut reselection = reselect::start_for(
+        &config.selector,
+        config.selection,
+        config.weight_decay,
+        &method,
+        &pretrained.weights,
+        previous.as_ref().map(|p| (state_dir.as_path(), p.steps)),
+    )?;
+
     let trainable = method.trainable_count()?;
     let batches_per_epoch = train.num_batches(config.batch_size);
     let total_steps = batches_per_epoch * config.epochs;
@@ -387,7 +404,11 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
             }
             let batch = batch?;
             // Rebuilt every step from the live Vars, so the last update is in this forward.
-            let classifier = pretrained.build(&method.effective_weights()?)?;
+            let mut weights = method.effective_weights()?;
+            if let Some(r) = &reselection {
+                r.track(&mut weights);
+            }
+            let classifier = pretrained.build(&weights)?;
             let (loss_value, grads) = backprop::loss_and_gradients(
                 &classifier,
                 &batch.input_ids,
@@ -401,11 +422,17 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
                 eprintln!("training diverged at epoch {} step {}: {why}; lower --lr (now {}). Completed epochs are kept in {}", epoch + 1, steps + 1, config.lr, out.display());
                 break 'epochs;
             }
+            if let Some(r) = &mut reselection {
+                r.observe(&grads)?;
+            }
             let mut gradients = optimizer.gradients(&grads)?;
             optim::clip_global_norm(&mut gradients, config.max_grad_norm)?;
             let lr = optim::linear_schedule(steps, warmup, total_steps, config.lr);
             optimizer.step(&gradients, lr)?;
             steps += 1;
+            if let Some(r) = &mut reselection {
+                r.after_step(steps, &mut method, &mut optimizer)?;
+            }
             loss_sum += loss_value;
             loss_count += 1;
             if let Some(recorder) = recorder.as_mut().filter(|r| r.due(steps, total_steps)) {
@@ -487,12 +514,24 @@ pub fn run(config: &TrainConfig, options: &TrainOptions) -> Result<TrainReport> 
             seconds: seconds_before + started.elapsed().as_secs_f64(),
             divergence: divergence.clone(),
         };
+        if let Some(r) = &reselection {
+            r.save(&state_dir, steps)?;
+            r.write_log(&out.join(reselect::SELECTION_FILE))?;
+        }
         write_checkpoint(&state_dir, &checkpoint, &method, &optimizer)?;
+        if reselection.is_some() {
+            reselect::Reselection::prune(&state_dir, steps)?;
+        }
         write_metrics(out, &rows, config)?;
     }
 
     if status == "diverged" && !epochs.is_empty() {
-        // The weights after a divergence are garbage: go back to the last completed epoch.
+        // The weights after a divergence are garbage: go back to the last completed epoch
+        // (and, with reselection, to its mask).
+        if reselection.is_some() {
+            let targets: Vec<String> = method.selected_indices()?.into_keys().collect();
+            method.move_mask(&saved_selection(&state_dir, &targets)?)?;
+        }
         restore_values(&method, &state_dir)?;
     }
     // A diverged run with no completed epoch has no increment worth keeping.
@@ -588,17 +627,7 @@ fn build_method(
         MethodKind::Sift | MethodKind::Random => {
             let selected = match state_dir {
                 Some(dir) => saved_selection(dir, &targets)?,
-                None if config.method == MethodKind::Random => {
-                    let shapes: Vec<(String, Vec<usize>)> = targets
-                        .iter()
-                        .map(|n| (n.clone(), pretrained.weights[n].dims().to_vec()))
-                        .collect();
-                    budget::select_random(&shapes, config.rate, config.seed)
-                }
-                None => {
-                    let gradients = accumulated_gradients(pretrained, train, &targets, config)?;
-                    budget::select_by_gradient(&gradients, config.rate, config.selection)
-                }
+                None => initial_mask(config, pretrained, train, &targets)?,
             };
             FineTuning::sparse(config.method, &pretrained.weights, head, &selected)?
         }
@@ -607,6 +636,33 @@ fn build_method(
         restore_values(&method, dir)?;
     }
     Ok(method)
+}
+
+/// The mask a sparse run starts from: `--method random` is the random rule whatever
+/// `--selector` says; `--method sift` uses its `--selector` (`crate::selectors`).
+fn initial_mask(
+    config: &TrainConfig,
+    pretrained: &Pretrained,
+    train: &Dataset,
+    targets: &[String],
+) -> Result<BTreeMap<String, Vec<u32>>> {
+    let rule = match config.method {
+        MethodKind::Random => selectors::Selector::Random,
+        _ => config.selector.rule,
+    };
+    selectors::Masks::new(selectors::SelectionInputs {
+        pretrained,
+        train,
+        targets,
+        rate: config.rate,
+        selection: config.selection,
+        batches: config.selection_batches,
+        batch_size: config.batch_size,
+        seed: config.seed,
+        movement_steps: config.selector.movement_steps,
+        movement_lr: config.selector.movement_lr,
+    })
+    .mask(rule)
 }
 
 /// G = Σ over the first `selection_batches` training batches of ∂L/∂W at θ1, for each target.

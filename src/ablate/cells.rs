@@ -17,6 +17,7 @@ use crate::grid;
 use crate::methods::MethodKind;
 use crate::model::config::EncoderConfig;
 use crate::model::weights::{expected_shapes, is_head};
+use crate::selectors::{Selector, SelectorConfig};
 use crate::{data, hub, select, train};
 
 /// A cell whose matched count is further than this factor from its target is left out of the
@@ -40,6 +41,9 @@ pub struct CellSpec {
     pub achieved: usize,
     pub lr: f64,
     pub seed: u64,
+    /// The selection rule (SIFT cells; `gradient` for every other method).
+    #[serde(default)]
+    pub selector: Selector,
 }
 
 impl grid::Cell for CellSpec {
@@ -49,6 +53,11 @@ impl grid::Cell for CellSpec {
             self.task.name(),
             method_name(self.method)
         );
+        // Only a rule other than the paper's shows in the id, so ids (and folders) of grids
+        // without a selectors axis stay what they were.
+        if self.selector != Selector::Gradient {
+            id.push_str(&format!(",selector={}", self.selector.name()));
+        }
         if let Some(m) = &self.modules {
             id.push_str(&format!(",modules={}", module_key(m)));
         }
@@ -102,6 +111,10 @@ impl CellSpec {
             train_limit: s.train_limit,
             eval_limit: s.eval_limit,
             log_every: s.log_every.unwrap_or(10),
+            selector: SelectorConfig {
+                rule: self.selector,
+                ..Default::default()
+            },
         }
     }
 }
@@ -201,7 +214,14 @@ pub fn expand(config: &AblateConfig) -> Result<Grid> {
                             .map(|(_, s)| s.iter().product::<usize>())
                             .sum(),
                     };
-                    for &lr in lrs {
+                    let rules: &[Selector] = if method == MethodKind::Sift {
+                        &config.axes.selectors
+                    } else {
+                        &[Selector::Gradient]
+                    };
+                    for (&lr, &selector) in
+                        lrs.iter().flat_map(|lr| rules.iter().map(move |r| (lr, r)))
+                    {
                         cells.push(CellSpec {
                             task,
                             method,
@@ -216,6 +236,7 @@ pub fn expand(config: &AblateConfig) -> Result<Grid> {
                             achieved,
                             lr,
                             seed,
+                            selector,
                         });
                     }
                 }

@@ -37,6 +37,7 @@ use crate::budget::Selection;
 use crate::data::Task;
 use crate::methods::MethodKind;
 use crate::select;
+use crate::selectors::Selector;
 
 /// The paper items an ablation config can stand for (the layout of its table and figure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +107,7 @@ struct AxesDoc {
     budgets: Option<Spanned<Vec<usize>>>,
     seeds: Option<Spanned<Vec<u64>>>,
     lr: Option<Spanned<BTreeMap<MethodKind, Vec<f64>>>>,
+    selectors: Option<Spanned<Vec<Selector>>>,
 }
 
 impl AxesDoc {
@@ -117,6 +119,7 @@ impl AxesDoc {
             budgets: over.budgets.or(self.budgets),
             seeds: over.seeds.or(self.seeds),
             lr: over.lr.or(self.lr),
+            selectors: over.selectors.or(self.selectors),
         }
     }
 }
@@ -159,6 +162,7 @@ pub enum RowAxis {
     Method,
     Modules,
     Budget,
+    Selector,
 }
 
 /// One number from the paper, for the row and column it belongs to.
@@ -185,6 +189,13 @@ pub struct Axes {
     pub seeds: Vec<u64>,
     /// The learning rates swept per method.
     pub lr: BTreeMap<MethodKind, Vec<f64>>,
+    /// The selection rules of SIFT cells (`gradient` alone unless a config lists others).
+    #[serde(default = "default_selectors")]
+    pub selectors: Vec<Selector>,
+}
+
+fn default_selectors() -> Vec<Selector> {
+    vec![Selector::Gradient]
 }
 
 /// A config file with one preset applied: everything that decides the grid's numbers. Stored
@@ -342,6 +353,27 @@ pub fn parse(text: &str, path: &Path, preset: Option<&str>) -> Result<AblateConf
             ));
         }
     }
+    let selectors = match &axes.selectors {
+        Some(s) if s.get_ref().is_empty() => {
+            return Err(at(
+                s.span(),
+                "axes.selectors",
+                "must list at least one rule (gradient, fisher, magnitude-largest, magnitude-smallest, movement, random)".into(),
+            ))
+        }
+        Some(s) => {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(twice) = s.get_ref().iter().find(|r| !seen.insert(**r)) {
+                return Err(at(
+                    s.span(),
+                    "axes.selectors",
+                    format!("{} is listed twice", twice.name()),
+                ));
+            }
+            s.get_ref().clone()
+        }
+        None => default_selectors(),
+    };
     let source = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -365,6 +397,7 @@ pub fn parse(text: &str, path: &Path, preset: Option<&str>) -> Result<AblateConf
             budgets: budgets.into_inner(),
             seeds: seeds.into_inner(),
             lr: lr.into_inner(),
+            selectors,
         },
         random: false,
         paper: doc.paper,

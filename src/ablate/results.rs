@@ -146,6 +146,10 @@ pub fn write(
             s(&|r| method_name(r.cell.method).to_string()),
         ),
         Column::new(
+            "selector".into(),
+            s(&|r| r.cell.selector.name().to_string()),
+        ),
+        Column::new(
             "modules".into(),
             rows.iter()
                 .map(|r| r.cell.modules.clone())

@@ -16,6 +16,7 @@ pub struct RowKey {
     pub method: Option<MethodKind>,
     pub modules: Option<String>,
     pub budget: Option<usize>,
+    pub selector: Option<crate::selectors::Selector>,
 }
 
 impl RowKey {
@@ -32,6 +33,9 @@ impl RowKey {
             } else {
                 None
             },
+            selector: axes
+                .contains(&RowAxis::Selector)
+                .then_some(row.cell.selector),
         }
     }
 }
@@ -203,6 +207,7 @@ pub fn markdown(config: &AblateConfig, results: &[ResultRow]) -> String {
                 RowAxis::Method => "method",
                 RowAxis::Modules => "modules",
                 RowAxis::Budget => "budget",
+                RowAxis::Selector => "selector",
             }
             .into(),
         );
@@ -229,6 +234,7 @@ pub fn markdown(config: &AblateConfig, results: &[ResultRow]) -> String {
                     .map(modules_label)
                     .unwrap_or_else(|| "–".into()),
                 RowAxis::Budget => key.budget.map(with_commas).unwrap_or_else(|| "–".into()),
+                RowAxis::Selector => key.selector.map(|s| s.name()).unwrap_or("–").into(),
             });
         }
         let mut num: Option<usize> = None;
@@ -337,6 +343,9 @@ fn row_label(key: &RowKey) -> String {
     }
     if let Some(b) = key.budget {
         parts.push(format!("budget {}", with_commas(b)));
+    }
+    if let Some(s) = key.selector {
+        parts.push(format!("selector {}", s.name()));
     }
     parts.join(", ")
 }
@@ -454,6 +463,7 @@ mod tests {
                 achieved: 1002,
                 lr,
                 seed,
+                selector: Default::default(),
             },
             status: if best.is_some() {
                 "completed"
@@ -500,6 +510,7 @@ mod tests {
                 budgets: vec![1000],
                 seeds: vec![1, 2, 3],
                 lr: BTreeMap::from([(MethodKind::Sift, vec![1e-3, 5e-3])]),
+                selectors: vec![crate::selectors::Selector::Gradient],
             },
             random: false,
             paper: vec![PaperValue {

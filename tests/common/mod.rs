@@ -87,6 +87,7 @@ pub fn train_config(
         train_limit: None,
         eval_limit: None,
         log_every: 10,
+        selector: Default::default(),
     }
 }
 
