@@ -38,9 +38,16 @@ pub enum MethodKind {
     Lora,
 }
 
-/// A linear layer's weight: its increment is handed to the model as an [`Increment`].
+/// A linear layer's weight: its increment is handed to the model as an [`Increment`]. Token
+/// embeddings (BERT's `embeddings.*`, LLaMA's `embed_tokens`, also the tied output layer) and an
+/// untied `lm_head` are 2-D but not projections the layers fold Δ into: they are rebuilt in the
+/// weight map instead.
 fn is_linear_weight(name: &str, shape: &[usize]) -> bool {
-    shape.len() == 2 && !name.starts_with("embeddings.") && name.ends_with(".weight")
+    shape.len() == 2
+        && name.ends_with(".weight")
+        && !name.starts_with("embeddings.")
+        && !name.contains("embed_tokens")
+        && name != "lm_head.weight"
 }
 
 #[derive(Debug)]
@@ -405,5 +412,32 @@ impl FineTuning {
             .iter()
             .map(|t| Ok((t.name.clone(), t.indices.to_vec1::<u32>()?)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only projections take a Δ as an [`Increment`]; embeddings (and a tied or untied output
+    /// layer) are 2-D too but are rebuilt in the map (`--modules all` on a decoder needed this).
+    #[test]
+    fn projections_are_linear_targets_and_embeddings_are_not() {
+        for name in [
+            "encoder.layer.0.attention.self.query.weight",
+            "model.layers.3.self_attn.q_proj.weight",
+            "model.layers.3.mlp.down_proj.weight",
+        ] {
+            assert!(is_linear_weight(name, &[8, 8]), "{name}");
+        }
+        for (name, shape) in [
+            ("embeddings.word_embeddings.weight", &[30, 8][..]),
+            ("model.embed_tokens.weight", &[30, 8]),
+            ("lm_head.weight", &[30, 8]),
+            ("model.layers.3.input_layernorm.weight", &[8]),
+            ("encoder.layer.0.attention.self.query.bias", &[8]),
+        ] {
+            assert!(!is_linear_weight(name, shape), "{name}");
+        }
     }
 }
