@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the default model and data (README's first command): installs the default
-# model into the Hugging Face cache if it is missing, builds sift-lab, and evaluates the
-# pretrained MiniLM (with a seeded classification head) on RTE dev.
+# A first check on the default model and data (the README's main job is scripts/reproduce.sh):
+# installs the default model into the Hugging Face cache if it is missing, builds sift-lab, and
+# evaluates the pretrained MiniLM (with a seeded classification head) on RTE dev.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
