@@ -188,6 +188,13 @@ pub fn run(config: &LandscapeConfig, options: &RunOptions) -> Result<RunReport> 
             config.dims == 2 && options.shard.is_whole(),
             "--trajectory draws runs on a whole 2-D landscape: use --dims 2 and no --shard"
         );
+        // A run's snapshots are increments from the pretrained θ1; a checkpoints plane is built
+        // around other weights, so its points are not θ1 + increment.
+        ensure!(
+            config.directions != Directions::Checkpoints,
+            "--trajectory places runs trained from the pretrained model: use --directions paper, \
+             filter-normalized or pca, not checkpoints"
+        );
         crate::output::ensure_absent(
             std::slice::from_ref(&trajectory_file),
             "remove it to place the runs again, or choose another --out",
