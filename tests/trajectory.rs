@@ -153,6 +153,23 @@ fn runs_on_the_papers_plane_a_still_body_is_one_point_and_sift_leaves_the_plane_
             .arg(&sift),
     );
     assert!(err.contains("trajectory.parquet already exists"), "{err}");
+
+    // A checkpoints plane is not built around θ1: refused before any work.
+    let err = common::run_err(
+        sift_lab()
+            .args(["landscape", "--task", "mrpc", "--dims", "2", "--directions"])
+            .args(["checkpoints", "--from-checkpoint", "/nonexistent/a"])
+            .args(["--to-checkpoint", "/nonexistent/b", "--data-dir"])
+            .arg(glue_dir())
+            .arg("--out")
+            .arg(tmp.path().join("checkpoints"))
+            .arg("--trajectory")
+            .arg(&sift),
+    );
+    assert!(
+        err.contains("--trajectory") && err.contains("not checkpoints"),
+        "{err}"
+    );
 }
 
 #[test]
