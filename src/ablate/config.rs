@@ -173,6 +173,10 @@ pub struct PaperValue {
     pub method: MethodKind,
     pub modules: Option<String>,
     pub budget: Option<usize>,
+    /// The selection rule of the row (a selectors grid: the paper's SIFT is `gradient`, its
+    /// random selection `random`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Selector>,
     /// In percent, as the paper prints it.
     pub value: f64,
 }

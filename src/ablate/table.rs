@@ -360,6 +360,7 @@ fn paper_value(config: &AblateConfig, key: &RowKey, task: Task) -> Option<f64> {
                 && key.method.is_none_or(|m| m == p.method)
                 && (p.modules.is_none() || p.modules == key.modules)
                 && (p.budget.is_none() || p.budget == key.budget)
+                && (p.selector.is_none() || p.selector == key.selector)
         })
         .map(|p| p.value)
 }
@@ -518,6 +519,7 @@ mod tests {
                 method: MethodKind::Sift,
                 modules: Some("v".into()),
                 budget: None,
+                selector: None,
                 value: 85.9,
             }],
         };
@@ -540,6 +542,68 @@ mod tests {
         );
         assert!(
             md.contains("| SIFT, W_v | RTE | 1e-3 | 3 | 72.0 ± 2.0 | 71.0 ± 2.0 | 0 |"),
+            "{md}"
+        );
+    }
+
+    /// A selectors grid: every rule is a SIFT cell; the paper's SIFT value stands beside the
+    /// `gradient` row and its random-selection value beside the `random` row, nowhere else.
+    #[test]
+    fn paper_values_of_a_selectors_grid_sit_beside_their_own_rule() {
+        use crate::selectors::Selector;
+        let paper = |selector, value| PaperValue {
+            task: Task::Rte,
+            method: MethodKind::Sift,
+            modules: None,
+            budget: None,
+            selector: Some(selector),
+            value,
+        };
+        let config = AblateConfig {
+            item: Item::Table4,
+            title: "T".into(),
+            source: "t.toml".into(),
+            preset: "cpu".into(),
+            preset_description: None,
+            table_rows: vec![RowAxis::Selector],
+            train: TrainSettings::default(),
+            per_task: BTreeMap::new(),
+            axes: Axes {
+                tasks: vec![Task::Rte],
+                methods: vec![MethodKind::Sift],
+                modules: vec!["v".into()],
+                budgets: vec![1000],
+                seeds: vec![1],
+                lr: BTreeMap::from([(MethodKind::Sift, vec![1e-3])]),
+                selectors: vec![Selector::Gradient, Selector::Random, Selector::Fisher],
+            },
+            random: false,
+            paper: vec![
+                paper(Selector::Gradient, 85.9),
+                paper(Selector::Random, 83.8),
+            ],
+        };
+        let with = |selector, best| {
+            let mut r = row(MethodKind::Sift, 1e-3, 1, Some(best));
+            r.cell.selector = selector;
+            r
+        };
+        let rows = vec![
+            with(Selector::Gradient, 0.60),
+            with(Selector::Random, 0.55),
+            with(Selector::Fisher, 0.58),
+        ];
+        let md = markdown(&config, &rows);
+        assert!(
+            md.contains("| gradient | 1,002 (1,000) | 60.0 (lr 1e-3) | 85.9 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| random | 1,002 (1,000) | 55.0 (lr 1e-3) | 83.8 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| fisher | 1,002 (1,000) | 58.0 (lr 1e-3) |  |"),
             "{md}"
         );
     }

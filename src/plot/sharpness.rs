@@ -6,7 +6,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{draw_legend, drawing_err, under_titles, Figure, FONT};
+use super::{draw_legend, drawing_err, under_titles, Figure, FONT, TAB10 as PALETTE};
 
 /// One curve: a scope's values along α, with an optional ± error bar.
 #[derive(Debug, Clone)]
@@ -40,15 +40,6 @@ pub struct BarsFigure {
     /// Per panel: its y label and (series label, one value per group).
     pub panels: Vec<(String, Vec<(String, Vec<f64>)>)>,
 }
-
-pub const PALETTE: [RGBColor; 6] = [
-    RGBColor(31, 119, 180),
-    RGBColor(214, 39, 40),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-    RGBColor(255, 127, 14),
-    RGBColor(127, 127, 127),
-];
 
 /// The y transform of a panel: log10 when every value is positive, else the value itself.
 fn axis(values: impl Iterator<Item = f64> + Clone) -> (bool, f64, f64) {
