@@ -127,6 +127,21 @@ fn a_quick_grid_runs_resumes_after_sigkill_merges_shards_and_redraws_byte_for_by
         let acc = row.best["accuracy"] * 24.0;
         assert!((acc - acc.round()).abs() < 1e-9, "{acc}");
     }
+    // The same grid into a folder holding only the finished cells (its results file lost):
+    // every cell is read back from its own folder, none is trained, and the results agree.
+    let read_back = tmp.path().join("read-back");
+    copy_dir(&whole.join("cells"), &read_back.join("cells"));
+    let stdout = run_ok(&mut ablate(&config, &read_back, &[]));
+    assert!(
+        stdout.contains("0 computed now, 10 already there"),
+        "{stdout}"
+    );
+    assert_eq!(
+        results::read(&read_back.join("results.parquet"))
+            .unwrap()
+            .rows,
+        file.rows
+    );
     let methods: Vec<String> = output::column::strings(
         &output::read_parquet(&whole.join("results.parquet")).unwrap(),
         "method",
@@ -459,4 +474,18 @@ fn a_diverged_cell_is_recorded_and_the_grid_goes_on() {
     assert!(file.rows[0].best_primary().is_none() && file.rows[1].best_primary().is_some());
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
     assert!(table.contains("(lr 5e-3; 1 diverged)"), "{table}");
+}
+
+/// Copies a folder tree (the cells of a grid).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

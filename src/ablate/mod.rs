@@ -145,7 +145,9 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
     let bar = progress::grid_bar(plan.shard_cells.len() as u64, "cells");
     bar.set_position(plan.already_done() as u64);
     let started = Instant::now();
-    let (mut computed, mut interrupted) = (0usize, false);
+    // Cells trained now, and finished cells read back from their own folders (a grid whose
+    // results file was lost, or a shard reusing another's cells).
+    let (mut computed, mut read_back, mut interrupted) = (0usize, 0usize, false);
     for cell in &plan.todo {
         bar.set_message(format!(
             "{} (trains {} without the head)",
@@ -154,8 +156,15 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
         ));
         let train_config = cell.train_config(config, &data_dir);
         let row = match run_cell(cell, &train_config, out, options.resume)? {
-            Some(row) => row,
-            None => {
+            CellOutcome::Trained(row) => {
+                computed += 1;
+                row
+            }
+            CellOutcome::ReadBack(row) => {
+                read_back += 1;
+                row
+            }
+            CellOutcome::Interrupted => {
                 interrupted = true;
                 break;
             }
@@ -169,10 +178,9 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
         rows.push(row);
         rows = results::in_grid_order(&rows, &grid.cells);
         results::write(&path, config, options.shard, &provenance, &rows)?;
-        computed += 1;
         bar.inc(1);
         if bar.is_hidden() {
-            let per_cell = started.elapsed().as_secs_f64() / computed as f64;
+            let per_cell = started.elapsed().as_secs_f64() / computed.max(1) as f64;
             eprintln!(
                 "cell {}/{} done: {} (achieved budget {}, {}; {:.0} s a cell, ETA {:.0} s)",
                 bar.position(),
@@ -185,7 +193,7 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
                     .find(|r| r.id() == cell.id())
                     .map_or("", |r| r.status.as_str()),
                 per_cell,
-                per_cell * (plan.todo.len() - computed) as f64
+                per_cell * (plan.todo.len() - computed - read_back) as f64
             );
         }
         if progress::interrupted() {
@@ -203,7 +211,7 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
         file: path,
         grid_cells: grid.cells.len(),
         shard_cells: plan.shard_cells.len(),
-        already_done: plan.already_done(),
+        already_done: plan.already_done() + read_back,
         computed,
         diverged: rows.iter().filter(|r| r.status == "diverged").count(),
         interrupted,
@@ -212,15 +220,24 @@ pub fn run(config: &AblateConfig, options: &AblateOptions) -> Result<AblateRepor
     })
 }
 
+/// What became of one cell of the grid.
+enum CellOutcome {
+    Trained(ResultRow),
+    /// A finished run with the same configuration was already in the cell's folder.
+    ReadBack(ResultRow),
+    /// Ctrl-C.
+    Interrupted,
+}
+
 /// Trains one cell into `out/cells/<cell>/`, or reads it back when a finished run with the same
 /// configuration is already there; with `resume`, continues a cell from its checkpoint or
-/// restarts one killed before it had any. `None`: interrupted (Ctrl-C).
+/// restarts one killed before it had any.
 fn run_cell(
     cell: &CellSpec,
     train_config: &train::TrainConfig,
     out: &Path,
     resume: bool,
-) -> Result<Option<ResultRow>> {
+) -> Result<CellOutcome> {
     let dir = out.join("cells").join(cell.dir_name());
     let head = head_params(cell, &train_config.model)?;
     let summary_path = train::summary_path(&dir);
@@ -228,7 +245,9 @@ fn run_cell(
     let finished = |s: &TrainSummary| s.status == "completed" || s.status == "diverged";
     if let Some(s) = &summary {
         if s.config == *train_config && finished(s) {
-            return Ok(Some(ResultRow::from_summary(cell, s, head)));
+            return Ok(CellOutcome::ReadBack(ResultRow::from_summary(
+                cell, s, head,
+            )));
         }
     }
     let mut options = TrainOptions::new(&dir);
@@ -245,13 +264,17 @@ fn run_cell(
             .with_context(|| format!("clearing the unfinished cell {}", dir.display()))?;
     }
     match train::run(train_config, &options) {
-        Ok(report) if report.summary.status == "interrupted" => Ok(None),
-        Ok(report) => Ok(Some(ResultRow::from_summary(cell, &report.summary, head))),
+        Ok(report) if report.summary.status == "interrupted" => Ok(CellOutcome::Interrupted),
+        Ok(report) => Ok(CellOutcome::Trained(ResultRow::from_summary(
+            cell,
+            &report.summary,
+            head,
+        ))),
         Err(e) => match read_summary(&summary_path)? {
             // train::run reports divergence as an error after writing its summary.
-            Some(s) if s.status == "diverged" && s.config == *train_config => {
-                Ok(Some(ResultRow::from_summary(cell, &s, head)))
-            }
+            Some(s) if s.status == "diverged" && s.config == *train_config => Ok(
+                CellOutcome::Trained(ResultRow::from_summary(cell, &s, head)),
+            ),
             _ => Err(e.context(format!(
                 "cell {} ({}) failed; the finished cells are saved, rerun with --resume",
                 cell.id(),
