@@ -490,18 +490,21 @@ mod tests {
         }
     }
 
-    /// Two learning rates: 1e-3 gives 70, 72, 74 (mean 72, std 2); 5e-3 gives 71 and a
-    /// divergence (mean 71). The table takes 1e-3 and names the divergence; the paper's value
-    /// stands beside it.
-    #[test]
-    fn the_table_takes_the_best_mean_learning_rate_and_counts_divergences() {
-        let config = AblateConfig {
+    /// A SIFT grid on RTE's W_v at a 1,000 budget, with the given rows, sweep and paper values.
+    fn rte_sift_config(
+        table_rows: Vec<RowAxis>,
+        seeds: Vec<u64>,
+        lrs: Vec<f64>,
+        selectors: Vec<crate::selectors::Selector>,
+        paper: Vec<PaperValue>,
+    ) -> AblateConfig {
+        AblateConfig {
             item: Item::Table4,
             title: "T".into(),
             source: "t.toml".into(),
             preset: "cpu".into(),
             preset_description: None,
-            table_rows: vec![RowAxis::Method, RowAxis::Modules],
+            table_rows,
             train: TrainSettings::default(),
             per_task: BTreeMap::new(),
             axes: Axes {
@@ -509,12 +512,26 @@ mod tests {
                 methods: vec![MethodKind::Sift],
                 modules: vec!["v".into()],
                 budgets: vec![1000],
-                seeds: vec![1, 2, 3],
-                lr: BTreeMap::from([(MethodKind::Sift, vec![1e-3, 5e-3])]),
-                selectors: vec![crate::selectors::Selector::Gradient],
+                seeds,
+                lr: BTreeMap::from([(MethodKind::Sift, lrs)]),
+                selectors,
             },
             random: false,
-            paper: vec![PaperValue {
+            paper,
+        }
+    }
+
+    /// Two learning rates: 1e-3 gives 70, 72, 74 (mean 72, std 2); 5e-3 gives 71 and a
+    /// divergence (mean 71). The table takes 1e-3 and names the divergence; the paper's value
+    /// stands beside it.
+    #[test]
+    fn the_table_takes_the_best_mean_learning_rate_and_counts_divergences() {
+        let config = rte_sift_config(
+            vec![RowAxis::Method, RowAxis::Modules],
+            vec![1, 2, 3],
+            vec![1e-3, 5e-3],
+            vec![crate::selectors::Selector::Gradient],
+            vec![PaperValue {
                 task: Task::Rte,
                 method: MethodKind::Sift,
                 modules: Some("v".into()),
@@ -522,7 +539,7 @@ mod tests {
                 selector: None,
                 value: 85.9,
             }],
-        };
+        );
         let rows = vec![
             row(MethodKind::Sift, 1e-3, 1, Some(0.70)),
             row(MethodKind::Sift, 5e-3, 1, Some(0.71)),
@@ -559,30 +576,16 @@ mod tests {
             selector: Some(selector),
             value,
         };
-        let config = AblateConfig {
-            item: Item::Table4,
-            title: "T".into(),
-            source: "t.toml".into(),
-            preset: "cpu".into(),
-            preset_description: None,
-            table_rows: vec![RowAxis::Selector],
-            train: TrainSettings::default(),
-            per_task: BTreeMap::new(),
-            axes: Axes {
-                tasks: vec![Task::Rte],
-                methods: vec![MethodKind::Sift],
-                modules: vec!["v".into()],
-                budgets: vec![1000],
-                seeds: vec![1],
-                lr: BTreeMap::from([(MethodKind::Sift, vec![1e-3])]),
-                selectors: vec![Selector::Gradient, Selector::Random, Selector::Fisher],
-            },
-            random: false,
-            paper: vec![
+        let config = rte_sift_config(
+            vec![RowAxis::Selector],
+            vec![1],
+            vec![1e-3],
+            vec![Selector::Gradient, Selector::Random, Selector::Fisher],
+            vec![
                 paper(Selector::Gradient, 85.9),
                 paper(Selector::Random, 83.8),
             ],
-        };
+        );
         let with = |selector, best| {
             let mut r = row(MethodKind::Sift, 1e-3, 1, Some(best));
             r.cell.selector = selector;
