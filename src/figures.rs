@@ -241,11 +241,19 @@ fn data_text(c: &ablate::AblateConfig) -> String {
 }
 
 /// The command line without the program's path.
+/// Shows the program as `sift-lab` whatever path or copy it ran from (e.g. a grid run from
+/// `/work/bin/sift-lab-grid3` so that rebuilding the checkout does not swap its binary).
 fn trim_program(command: &str) -> String {
     match command.split_once(' ') {
-        Some((program, rest)) if program.ends_with("sift-lab") => format!("sift-lab {rest}"),
+        Some((program, rest)) if is_sift_lab(program) => format!("sift-lab {rest}"),
         _ => command.to_string(),
     }
+}
+
+fn is_sift_lab(program: &str) -> bool {
+    Path::new(program)
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with("sift-lab"))
 }
 
 /// `sift-lab run analyses/X.toml` for the config whose `out` is `results/<name>`.
@@ -331,4 +339,26 @@ fn render(config: &FiguresConfig, entries: &[Entry]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trim_program;
+
+    #[test]
+    fn a_command_shows_sift_lab_whatever_binary_ran_it() {
+        assert_eq!(
+            trim_program("/work/bin/sift-lab-grid3 ablate a.toml --out results/x"),
+            "sift-lab ablate a.toml --out results/x"
+        );
+        assert_eq!(
+            trim_program("target/release/sift-lab figures"),
+            "sift-lab figures"
+        );
+        assert_eq!(trim_program("python3 make.py --x"), "python3 make.py --x");
+        assert_eq!(
+            trim_program("/usr/bin/not-sift-lab run"),
+            "/usr/bin/not-sift-lab run"
+        );
+    }
 }
