@@ -159,7 +159,7 @@ pub fn evaluate(
         for &i in &batch.example_indices {
             predictions.example_index.push(i as u32);
             predictions.line.push(dataset.examples[i].line as u32);
-            predictions.labels.push(dataset.examples[i].label.clone());
+            predictions.labels.push(dataset.examples[i].label);
         }
         bar.inc(1);
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
-use polars::prelude::{Column, DataFrame};
+use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::Selection;
@@ -243,24 +243,16 @@ fn write_masks(masks: &[(Selector, BTreeMap<String, Vec<u32>>)], path: &Path) ->
 }
 
 fn write_overlaps(rows: &[OverlapRow], path: &Path, config: &MasksConfig) -> Result<()> {
-    let s = |f: fn(&OverlapRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
-    let u = |f: fn(&OverlapRow) -> usize| rows.iter().map(|r| f(r) as u64).collect::<Vec<_>>();
     let columns = vec![
-        Column::new("rule_a".into(), s(|r| &r.rule_a)),
-        Column::new("rule_b".into(), s(|r| &r.rule_b)),
-        Column::new("tensor".into(), s(|r| &r.tensor)),
-        Column::new("entries".into(), u(|r| r.entries)),
-        Column::new("k_a".into(), u(|r| r.k_a)),
-        Column::new("k_b".into(), u(|r| r.k_b)),
-        Column::new("overlap".into(), u(|r| r.overlap)),
-        Column::new(
-            "jaccard".into(),
-            rows.iter().map(|r| r.jaccard).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "chance".into(),
-            rows.iter().map(|r| r.chance).collect::<Vec<_>>(),
-        ),
+        output::column_of("rule_a", rows, |r| r.rule_a.as_str()),
+        output::column_of("rule_b", rows, |r| r.rule_b.as_str()),
+        output::column_of("tensor", rows, |r| r.tensor.as_str()),
+        output::column_of("entries", rows, |r| r.entries as u64),
+        output::column_of("k_a", rows, |r| r.k_a as u64),
+        output::column_of("k_b", rows, |r| r.k_b as u64),
+        output::column_of("overlap", rows, |r| r.overlap as u64),
+        output::column_of("jaccard", rows, |r| r.jaccard),
+        output::column_of("chance", rows, |r| r.chance),
     ];
     let mut df = DataFrame::new_infer_height(columns)?;
     output::write_parquet(

@@ -249,29 +249,12 @@ pub fn write_predictions(path: &Path, report: &MmluReport) -> Result<()> {
     let p = &report.predictions;
     let letter = |i: usize| LETTERS[i].to_string();
     let mut columns = vec![
-        Column::new(
-            "subject".into(),
-            p.iter().map(|x| x.subject.clone()).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "file".into(),
-            p.iter().map(|x| x.file.clone()).collect::<Vec<_>>(),
-        ),
-        Column::new("line".into(), p.iter().map(|x| x.line).collect::<Vec<_>>()),
-        Column::new(
-            "answer".into(),
-            p.iter().map(|x| letter(x.answer)).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "prediction".into(),
-            p.iter().map(|x| letter(x.prediction)).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "correct".into(),
-            p.iter()
-                .map(|x| x.prediction == x.answer)
-                .collect::<Vec<_>>(),
-        ),
+        output::column_of("subject", p, |x| x.subject.clone()),
+        output::column_of("file", p, |x| x.file.clone()),
+        output::column_of("line", p, |x| x.line),
+        output::column_of("answer", p, |x| letter(x.answer)),
+        output::column_of("prediction", p, |x| letter(x.prediction)),
+        output::column_of("correct", p, |x| x.prediction == x.answer),
     ];
     for (j, l) in LETTERS.iter().enumerate() {
         columns.push(Column::new(

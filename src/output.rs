@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
-use polars::prelude::{DataFrame, KeyValueMetadata, ParquetReader, ParquetWriter, SerReader};
+use polars::prelude::{
+    Column, DataFrame, KeyValueMetadata, NamedFrom, ParquetReader, ParquetWriter, SerReader, Series,
+};
 use serde::Serialize;
 
 /// The metadata key holding the tool version.
@@ -104,6 +106,14 @@ pub fn write_parquet(df: &mut DataFrame, path: &Path, metadata: &[(String, Strin
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
+}
+
+/// A table column holding one field of each row: `column_of("epoch", &rows, |r| r.epoch as u32)`.
+pub fn column_of<'a, R, T>(name: &str, rows: &'a [R], field: impl Fn(&'a R) -> T) -> Column
+where
+    Series: NamedFrom<Vec<T>, [T]>,
+{
+    Column::new(name.into(), rows.iter().map(field).collect::<Vec<T>>())
 }
 
 /// Reads a whole Parquet file.

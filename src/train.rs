@@ -695,37 +695,14 @@ fn write_metrics(out: &Path, rows: &[MetricRow], config: &TrainConfig) -> Result
         names
     };
     let mut columns = vec![
-        Column::new(
-            "kind".into(),
-            rows.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "epoch".into(),
-            rows.iter().map(|r| r.epoch as u32).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "step".into(),
-            rows.iter().map(|r| r.step as u32).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "train_loss".into(),
-            rows.iter().map(|r| r.train_loss).collect::<Vec<_>>(),
-        ),
-        Column::new("lr".into(), rows.iter().map(|r| r.lr).collect::<Vec<_>>()),
-        Column::new(
-            "seconds".into(),
-            rows.iter().map(|r| r.seconds).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "trainable_params".into(),
-            rows.iter()
-                .map(|r| r.trainable_params as u64)
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "dev_loss".into(),
-            rows.iter().map(|r| r.dev_loss).collect::<Vec<_>>(),
-        ),
+        output::column_of("kind", rows, |r| r.kind.as_str()),
+        output::column_of("epoch", rows, |r| r.epoch as u32),
+        output::column_of("step", rows, |r| r.step as u32),
+        output::column_of("train_loss", rows, |r| r.train_loss),
+        output::column_of("lr", rows, |r| r.lr),
+        output::column_of("seconds", rows, |r| r.seconds),
+        output::column_of("trainable_params", rows, |r| r.trainable_params as u64),
+        output::column_of("dev_loss", rows, |r| r.dev_loss),
     ];
     for name in &metric_names {
         columns.push(Column::new(

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use polars::prelude::{Column, DataFrame};
+use polars::prelude::DataFrame;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -438,32 +438,12 @@ pub fn run(config: &LmTrainConfig, options: &LmTrainOptions) -> Result<LmTrainSu
 /// metrics.parquet: one row per completed epoch, the settings in its metadata.
 fn write_metrics(out: &Path, rows: &[EpochRow], config: &LmTrainConfig) -> Result<()> {
     let mut frame = DataFrame::new_infer_height(vec![
-        Column::new(
-            "epoch".into(),
-            rows.iter().map(|r| r.epoch as u32).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "step".into(),
-            rows.iter().map(|r| r.steps as u32).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "train_loss".into(),
-            rows.iter().map(|r| r.train_loss).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "held_out_loss".into(),
-            rows.iter().map(|r| r.held_out_loss).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "held_out_perplexity".into(),
-            rows.iter()
-                .map(|r| r.held_out_perplexity)
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "seconds".into(),
-            rows.iter().map(|r| r.seconds).collect::<Vec<_>>(),
-        ),
+        output::column_of("epoch", rows, |r| r.epoch as u32),
+        output::column_of("step", rows, |r| r.steps as u32),
+        output::column_of("train_loss", rows, |r| r.train_loss),
+        output::column_of("held_out_loss", rows, |r| r.held_out_loss),
+        output::column_of("held_out_perplexity", rows, |r| r.held_out_perplexity),
+        output::column_of("seconds", rows, |r| r.seconds),
     ])?;
     output::write_parquet(
         &mut frame,

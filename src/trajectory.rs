@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
-use polars::prelude::{Column, DataFrame};
+use polars::prelude::DataFrame;
 use rayon::prelude::*;
 
 use crate::output;
@@ -90,7 +90,7 @@ impl Recorder {
 
     /// Whether `step` (after `step` optimizer steps) is one to record.
     pub fn due(&self, step: usize, last_step: usize) -> bool {
-        step % self.every == 0 || step == last_step
+        step.is_multiple_of(self.every) || step == last_step
     }
 
     /// Records the increments after `step` steps.
@@ -127,26 +127,11 @@ impl Recorder {
 
 fn write_table(run_dir: &Path, rows: &[SnapshotRow]) -> Result<()> {
     let mut df = DataFrame::new_infer_height(vec![
-        Column::new(
-            "step".into(),
-            rows.iter().map(|r| r.step as u64).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "epoch".into(),
-            rows.iter().map(|r| r.epoch as u64).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "train_loss".into(),
-            rows.iter().map(|r| r.train_loss).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "distance".into(),
-            rows.iter().map(|r| r.distance).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "file".into(),
-            rows.iter().map(|r| r.file.clone()).collect::<Vec<_>>(),
-        ),
+        output::column_of("step", rows, |r| r.step as u64),
+        output::column_of("epoch", rows, |r| r.epoch as u64),
+        output::column_of("train_loss", rows, |r| r.train_loss),
+        output::column_of("distance", rows, |r| r.distance),
+        output::column_of("file", rows, |r| r.file.clone()),
     ])?;
     output::write_parquet(&mut df, &run_dir.join(TABLE_FILE), &[])
 }

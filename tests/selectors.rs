@@ -27,6 +27,14 @@ fn map<T: Clone>(entries: &[(&str, Vec<T>)]) -> BTreeMap<String, Vec<T>> {
         .collect()
 }
 
+/// The hand case's first batch of gradients (g1 of a, g1 of b).
+fn first_batch_of_hand_case() -> [Vec<f32>; 2] {
+    [
+        vec![1.0, -2.0, 0.1, 3.0, -0.5, 0.0],
+        vec![2.0, 1.0, -5.0, 1.0],
+    ]
+}
+
 /// Two small tensors, a (6 entries) and b (4), with known weights and two batches' gradients.
 /// Worked by hand:
 ///   a: W = [0.5, −0.1, 2, −0.02, 1, −3]; g1 = [1, −2, 0.1, 3, −0.5, 0]; g2 = [−1, −2, 0.2, 0.5, 0.5, 0.1]
@@ -37,13 +45,7 @@ fn map<T: Clone>(entries: &[(&str, Vec<T>)]) -> BTreeMap<String, Vec<T>> {
 fn hand_case() -> (GradientSums, BTreeMap<String, Vec<f32>>) {
     let names = vec!["a".to_string(), "b".to_string()];
     let mut sums = GradientSums::default();
-    sums.add(
-        &names,
-        &[
-            vec![1.0, -2.0, 0.1, 3.0, -0.5, 0.0],
-            vec![2.0, 1.0, -5.0, 1.0],
-        ],
-    );
+    sums.add(&names, &first_batch_of_hand_case());
     sums.add(
         &names,
         &[
@@ -106,13 +108,7 @@ fn fisher_and_gradient_differ_exactly_where_batch_gradients_cancel() {
     // One batch: g² orders like |g|, so the two rules pick the same entries.
     let names = vec!["a".to_string(), "b".to_string()];
     let mut one = GradientSums::default();
-    one.add(
-        &names,
-        &[
-            vec![1.0, -2.0, 0.1, 3.0, -0.5, 0.0],
-            vec![2.0, 1.0, -5.0, 1.0],
-        ],
-    );
+    one.add(&names, &first_batch_of_hand_case());
     for selection in [Selection::PerTensor, Selection::Global] {
         assert_eq!(
             budget::select_by_score(&score::gradient_scores(&one), 0.5, selection),

@@ -133,106 +133,35 @@ pub fn write(
     provenance: &Provenance,
     rows: &[ResultRow],
 ) -> Result<()> {
-    let s = |f: &dyn Fn(&ResultRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
     let mut columns = vec![
-        Column::new("cell_id".into(), s(&|r| grid::Cell::id(r))),
-        Column::new(
-            "cell_dir".into(),
-            s(&|r| format!("cells/{}", r.cell.dir_name())),
-        ),
-        Column::new("task".into(), s(&|r| r.cell.task.name().to_string())),
-        Column::new(
-            "method".into(),
-            s(&|r| method_name(r.cell.method).to_string()),
-        ),
-        Column::new(
-            "selector".into(),
-            s(&|r| r.cell.selector.name().to_string()),
-        ),
-        Column::new(
-            "modules".into(),
-            rows.iter()
-                .map(|r| r.cell.modules.clone())
-                .collect::<Vec<Option<String>>>(),
-        ),
-        Column::new(
-            "target_budget".into(),
-            rows.iter()
-                .map(|r| r.cell.budget.map(|b| b as u64))
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "achieved_budget".into(),
-            rows.iter()
-                .map(|r| r.achieved_budget as u64)
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "budget_gap".into(),
-            rows.iter()
-                .map(|r| {
-                    r.cell
-                        .budget
-                        .map(|b| (r.achieved_budget as f64 - b as f64) / b as f64)
-                })
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "trainable_params".into(),
-            rows.iter()
-                .map(|r| r.trainable_params as u64)
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "rate".into(),
-            rows.iter().map(|r| r.cell.rate).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "lora_rank".into(),
-            rows.iter()
-                .map(|r| r.cell.lora_rank.map(|k| k as u32))
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "lr".into(),
-            rows.iter().map(|r| r.cell.lr).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "seed".into(),
-            rows.iter().map(|r| r.cell.seed).collect::<Vec<_>>(),
-        ),
-        Column::new("status".into(), s(&|r| r.status.clone())),
-        Column::new(
-            "epochs_completed".into(),
-            rows.iter()
-                .map(|r| r.epochs_completed as u32)
-                .collect::<Vec<_>>(),
-        ),
-        Column::new("primary_metric".into(), s(&|r| r.primary_metric.clone())),
-        Column::new(
-            "best_epoch".into(),
-            rows.iter()
-                .map(|r| r.best_epoch.map(|e| e as u32))
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "best_metric".into(),
-            rows.iter().map(|r| r.best_primary()).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "last_metric".into(),
-            rows.iter()
-                .map(|r| r.last.get(&r.primary_metric).copied())
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "best_dev_loss".into(),
-            rows.iter().map(|r| r.best_dev_loss).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "last_dev_loss".into(),
-            rows.iter().map(|r| r.last_dev_loss).collect::<Vec<_>>(),
-        ),
+        output::column_of("cell_id", rows, grid::Cell::id),
+        output::column_of("cell_dir", rows, |r| format!("cells/{}", r.cell.dir_name())),
+        output::column_of("task", rows, |r| r.cell.task.name().to_string()),
+        output::column_of("method", rows, |r| method_name(r.cell.method).to_string()),
+        output::column_of("selector", rows, |r| r.cell.selector.name().to_string()),
+        output::column_of("modules", rows, |r| r.cell.modules.clone()),
+        output::column_of("target_budget", rows, |r| r.cell.budget.map(|b| b as u64)),
+        output::column_of("achieved_budget", rows, |r| r.achieved_budget as u64),
+        output::column_of("budget_gap", rows, |r| {
+            r.cell
+                .budget
+                .map(|b| (r.achieved_budget as f64 - b as f64) / b as f64)
+        }),
+        output::column_of("trainable_params", rows, |r| r.trainable_params as u64),
+        output::column_of("rate", rows, |r| r.cell.rate),
+        output::column_of("lora_rank", rows, |r| r.cell.lora_rank.map(|k| k as u32)),
+        output::column_of("lr", rows, |r| r.cell.lr),
+        output::column_of("seed", rows, |r| r.cell.seed),
+        output::column_of("status", rows, |r| r.status.clone()),
+        output::column_of("epochs_completed", rows, |r| r.epochs_completed as u32),
+        output::column_of("primary_metric", rows, |r| r.primary_metric.clone()),
+        output::column_of("best_epoch", rows, |r| r.best_epoch.map(|e| e as u32)),
+        output::column_of("best_metric", rows, |r| r.best_primary()),
+        output::column_of("last_metric", rows, |r| {
+            r.last.get(&r.primary_metric).copied()
+        }),
+        output::column_of("best_dev_loss", rows, |r| r.best_dev_loss),
+        output::column_of("last_dev_loss", rows, |r| r.last_dev_loss),
     ];
     for name in METRICS {
         for (prefix, pick) in [("best", 0), ("last", 1)] {
@@ -250,14 +179,8 @@ pub fn write(
             ));
         }
     }
-    columns.push(Column::new(
-        "wall_seconds".into(),
-        rows.iter().map(|r| r.wall_seconds).collect::<Vec<_>>(),
-    ));
-    columns.push(Column::new(
-        "peak_rss_mib".into(),
-        rows.iter().map(|r| r.peak_rss_mib).collect::<Vec<_>>(),
-    ));
+    columns.push(output::column_of("wall_seconds", rows, |r| r.wall_seconds));
+    columns.push(output::column_of("peak_rss_mib", rows, |r| r.peak_rss_mib));
     let mut df = DataFrame::new_infer_height(columns)?;
     // The rows as JSON too: read back exactly (including every field of the cell).
     let rows_json = serde_json::to_string(rows)?;

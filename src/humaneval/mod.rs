@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use polars::prelude::{Column, DataFrame};
+use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use crate::data::humaneval::{self, Problem};
@@ -505,46 +505,15 @@ fn summarize(
 /// The samples table, with the settings in its metadata.
 fn write_samples(path: &Path, rows: &[SampleRow], config: &HumanEvalConfig) -> Result<()> {
     let mut frame = DataFrame::new_infer_height(vec![
-        Column::new(
-            "task_id".into(),
-            rows.iter().map(|r| r.task_id.as_str()).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "sample".into(),
-            rows.iter().map(|r| r.sample).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "completion".into(),
-            rows.iter()
-                .map(|r| r.completion.as_str())
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "generation".into(),
-            rows.iter()
-                .map(|r| r.generation.as_str())
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "outcome".into(),
-            rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "error".into(),
-            rows.iter().map(|r| r.error.as_str()).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "tokens".into(),
-            rows.iter().map(|r| r.tokens).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "seconds".into(),
-            rows.iter().map(|r| r.seconds).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "exec_seconds".into(),
-            rows.iter().map(|r| r.exec_seconds).collect::<Vec<_>>(),
-        ),
+        output::column_of("task_id", rows, |r| r.task_id.as_str()),
+        output::column_of("sample", rows, |r| r.sample),
+        output::column_of("completion", rows, |r| r.completion.as_str()),
+        output::column_of("generation", rows, |r| r.generation.as_str()),
+        output::column_of("outcome", rows, |r| r.outcome.as_str()),
+        output::column_of("error", rows, |r| r.error.as_str()),
+        output::column_of("tokens", rows, |r| r.tokens),
+        output::column_of("seconds", rows, |r| r.seconds),
+        output::column_of("exec_seconds", rows, |r| r.exec_seconds),
     ])?;
     output::write_parquet(
         &mut frame,

@@ -119,7 +119,7 @@ impl Blocks {
 
     fn check(rows: usize, width: usize, mask: &Tensor, heads: usize) -> Result<Self> {
         let (batch, seq) = mask.dims2()?;
-        if batch * seq != rows || width % heads != 0 {
+        if batch * seq != rows || !width.is_multiple_of(heads) {
             candle_core::bail!(
                 "attention: {rows} × {width} inputs do not fit a {batch} × {seq} mask and {heads} heads"
             );

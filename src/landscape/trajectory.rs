@@ -170,22 +170,10 @@ pub fn summarize(prepared: &Prepared, rows: &[TrajectoryRow]) -> TrajectorySumma
 pub fn write(dir: &Path, summary: &TrajectorySummary, rows: &[TrajectoryRow]) -> Result<()> {
     let f64s = |f: fn(&TrajectoryRow) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
     let mut df = DataFrame::new_infer_height(vec![
-        Column::new(
-            "run".into(),
-            rows.iter().map(|r| r.run.clone()).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "method".into(),
-            rows.iter().map(|r| r.method.clone()).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "step".into(),
-            rows.iter().map(|r| r.step as u64).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "epoch".into(),
-            rows.iter().map(|r| r.epoch as u64).collect::<Vec<_>>(),
-        ),
+        output::column_of("run", rows, |r| r.run.clone()),
+        output::column_of("method", rows, |r| r.method.clone()),
+        output::column_of("step", rows, |r| r.step as u64),
+        output::column_of("epoch", rows, |r| r.epoch as u64),
         Column::new("train_loss".into(), f64s(|r| r.train_loss)),
         Column::new("alpha".into(), f64s(|r| r.alpha)),
         Column::new("beta".into(), f64s(|r| r.beta)),

@@ -83,7 +83,10 @@ impl EncoderConfig {
         config
             .activation()
             .with_context(|| format!("{}", path.display()))?;
-        if config.hidden_size % config.num_attention_heads != 0 {
+        if !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+        {
             bail!(
                 "{}: hidden_size {} is not a multiple of num_attention_heads {}",
                 path.display(),
@@ -212,19 +215,19 @@ impl LlamaConfig {
     /// Rejects shapes the decoder cannot run.
     pub fn check(&self) -> Result<()> {
         let heads = self.num_attention_heads;
-        if heads == 0 || self.hidden_size % heads != 0 {
+        if heads == 0 || !self.hidden_size.is_multiple_of(heads) {
             bail!(
                 "hidden_size {} is not a multiple of num_attention_heads {heads}",
                 self.hidden_size
             );
         }
-        if heads % self.kv_heads() != 0 {
+        if !heads.is_multiple_of(self.kv_heads()) {
             bail!(
                 "num_attention_heads {heads} is not a multiple of num_key_value_heads {}",
                 self.kv_heads()
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             bail!(
                 "head dimension {} is odd; rotary embeddings need pairs",
                 self.head_dim()

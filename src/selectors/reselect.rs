@@ -23,6 +23,7 @@ use crate::budget::{self, Selection};
 use crate::methods::FineTuning;
 use crate::model::{EffectiveWeights, WeightMap};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::output;
 
 /// One tensor's share of one reselection (a row of `selection.parquet`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,7 +254,7 @@ impl Reselection {
         method: &mut FineTuning,
         optimizer: &mut AdamW,
     ) -> Result<()> {
-        if step % self.settings.every != 0 {
+        if !step.is_multiple_of(self.settings.every) {
             return Ok(());
         }
         let selected = method.selected_indices()?;
@@ -376,45 +377,18 @@ impl Reselection {
                 .collect()
         };
         let columns = vec![
-            Column::new(
-                "step".into(),
-                rows.iter().map(|r| r.step as u32).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "tensor".into(),
-                rows.iter().map(|r| r.tensor.as_str()).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "selected".into(),
-                rows.iter().map(|r| r.selected as u32).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "dropped".into(),
-                rows.iter()
-                    .map(|r| r.dropped.len() as u32)
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "regrown".into(),
-                rows.iter()
-                    .map(|r| r.regrown.len() as u32)
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "kept_from_initial".into(),
-                rows.iter()
-                    .map(|r| r.kept_from_initial as u32)
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "initial".into(),
-                rows.iter().map(|r| r.initial as u32).collect::<Vec<_>>(),
-            ),
+            output::column_of("step", rows, |r| r.step as u32),
+            output::column_of("tensor", rows, |r| r.tensor.as_str()),
+            output::column_of("selected", rows, |r| r.selected as u32),
+            output::column_of("dropped", rows, |r| r.dropped.len() as u32),
+            output::column_of("regrown", rows, |r| r.regrown.len() as u32),
+            output::column_of("kept_from_initial", rows, |r| r.kept_from_initial as u32),
+            output::column_of("initial", rows, |r| r.initial as u32),
             Column::new("dropped_indices".into(), list(&|r| &r.dropped)),
             Column::new("regrown_indices".into(), list(&|r| &r.regrown)),
         ];
         let mut df = DataFrame::new_infer_height(columns)?;
-        crate::output::write_parquet(&mut df, path, &[])
+        output::write_parquet(&mut df, path, &[])
     }
 }
 

@@ -60,53 +60,41 @@ pub fn rows_frame(
     let mut rows: Vec<&Row> = rows.iter().collect();
     rows.sort_by_key(|r| (r.alpha_index, position(&r.scope), r.scope.clone()));
     let n = rows.len();
-    let f64s = |f: &dyn Fn(&Row) -> f64| rows.iter().map(|r| f(r)).collect::<Vec<f64>>();
-    let u32s = |f: &dyn Fn(&Row) -> usize| rows.iter().map(|r| f(r) as u32).collect::<Vec<u32>>();
     let strs = |s: &str| vec![s.to_string(); n];
     let mut columns = vec![
-        Column::new(
-            "cell".into(),
-            rows.iter().map(|r| r.id()).collect::<Vec<_>>(),
-        ),
-        Column::new("alpha_index".into(), u32s(&|r| r.alpha_index)),
-        Column::new("alpha".into(), f64s(&|r| r.alpha)),
-        Column::new(
-            "scope".into(),
-            rows.iter().map(|r| r.scope.clone()).collect::<Vec<_>>(),
-        ),
+        output::column_of("cell", &rows, |r| r.id()),
+        output::column_of("alpha_index", &rows, |r| r.alpha_index as u32),
+        output::column_of("alpha", &rows, |r| r.alpha),
+        output::column_of("scope", &rows, |r| r.scope.clone()),
         Column::new("task".into(), strs(config.task.name())),
         Column::new("model".into(), strs(&config.model)),
-        Column::new(
-            "params".into(),
-            rows.iter().map(|r| r.params as u64).collect::<Vec<_>>(),
-        ),
-        Column::new("loss".into(), f64s(&|r| r.loss)),
-        Column::new("grad_norm".into(), f64s(&|r| r.grad_norm)),
-        Column::new("lambda_max".into(), f64s(&|r| r.eigenvalues[0])),
-        Column::new("lambda_max_residual".into(), f64s(&|r| r.residuals[0])),
+        output::column_of("params", &rows, |r| r.params as u64),
+        output::column_of("loss", &rows, |r| r.loss),
+        output::column_of("grad_norm", &rows, |r| r.grad_norm),
+        output::column_of("lambda_max", &rows, |r| r.eigenvalues[0]),
+        output::column_of("lambda_max_residual", &rows, |r| r.residuals[0]),
     ];
     let k = rows.iter().map(|r| r.eigenvalues.len()).min().unwrap_or(0);
     for i in 1..k {
-        columns.push(Column::new(
-            format!("lambda_{}", i + 1).into(),
-            f64s(&|r| r.eigenvalues[i]),
+        columns.push(output::column_of(
+            &format!("lambda_{}", i + 1),
+            &rows,
+            |r| r.eigenvalues[i],
         ));
-        columns.push(Column::new(
-            format!("residual_{}", i + 1).into(),
-            f64s(&|r| r.residuals[i]),
+        columns.push(output::column_of(
+            &format!("residual_{}", i + 1),
+            &rows,
+            |r| r.residuals[i],
         ));
     }
     columns.extend([
-        Column::new("trace".into(), f64s(&|r| r.trace)),
-        Column::new("trace_se".into(), f64s(&|r| r.trace_se)),
-        Column::new(
-            "trace_per_param".into(),
-            f64s(&|r| r.trace / r.params as f64),
-        ),
-        Column::new("probes".into(), u32s(&|r| r.probes)),
-        Column::new("hvps".into(), u32s(&|r| r.hvps)),
+        output::column_of("trace", &rows, |r| r.trace),
+        output::column_of("trace_se", &rows, |r| r.trace_se),
+        output::column_of("trace_per_param", &rows, |r| r.trace / r.params as f64),
+        output::column_of("probes", &rows, |r| r.probes as u32),
+        output::column_of("hvps", &rows, |r| r.hvps as u32),
         Column::new("fd_step".into(), vec![config.fd_step; n]),
-        Column::new("seconds".into(), f64s(&|r| r.seconds)),
+        output::column_of("seconds", &rows, |r| r.seconds),
     ]);
     Ok(DataFrame::new_infer_height(columns)?)
 }
