@@ -10,6 +10,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor};
+use rayon::prelude::*;
 
 use super::{grad_store, into_tensors, Gradients, Held, Params};
 use crate::kernels::fused::Float;
@@ -381,12 +382,12 @@ impl<'a, T: Float> Pass<'a, T> {
         let (heads, kv_heads, d) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let group = heads / kv_heads;
         let scale = T::f(1.0 / (d as f64).sqrt());
-        let mut out = vec![T::zero(); self.tokens * heads * d];
-        let mut probs = Vec::new();
-        for (r, row) in self.batch.rows.iter().enumerate() {
-            let (start, t) = (self.starts[r], row.len());
-            let mut row_probs = Vec::new();
-            for hq in 0..heads {
+        // Every (row, head) block is independent: computed in parallel, written back in order.
+        let blocks = self.attention_blocks(heads);
+        let computed: Vec<(Vec<T>, Vec<T>)> = blocks
+            .par_iter()
+            .map(|&(r, hq)| {
+                let (start, t) = (self.starts[r], self.batch.rows[r].len());
                 let hk = hq / group;
                 let qh = head_block(q, start, t, heads, d, hq);
                 let kh = head_block(k, start, t, kv_heads, d, hk);
@@ -413,14 +414,26 @@ impl<'a, T: Float> Pass<'a, T> {
                 }
                 let mut oh = vec![T::zero(); t * d];
                 matmul_nn(&mut oh, false, &p, &vh, (t, d, t));
-                scatter_block(&mut out, &oh, start, t, heads, d, hq, false);
-                if keep {
-                    row_probs.push(p);
-                }
+                (oh, p)
+            })
+            .collect();
+        let mut out = vec![T::zero(); self.tokens * heads * d];
+        let mut probs: Vec<Vec<Vec<T>>> = vec![Vec::new(); self.batch.rows.len()];
+        for (&(r, hq), (oh, p)) in blocks.iter().zip(computed) {
+            let (start, t) = (self.starts[r], self.batch.rows[r].len());
+            scatter_block(&mut out, &oh, start, t, heads, d, hq, false);
+            if keep {
+                probs[r].push(p);
             }
-            probs.push(row_probs);
         }
         Ok((out, probs))
+    }
+
+    /// The (row, head) pairs of the batch, row by row.
+    fn attention_blocks(&self, heads: usize) -> Vec<(usize, usize)> {
+        (0..self.batch.rows.len())
+            .flat_map(|r| (0..heads).map(move |h| (r, h)))
+            .collect()
     }
 
     fn attention_backward(
@@ -435,12 +448,11 @@ impl<'a, T: Float> Pass<'a, T> {
         let (heads, kv_heads, d) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let group = heads / kv_heads;
         let scale = T::f(1.0 / (d as f64).sqrt());
-        let mut dq = vec![T::zero(); q.len()];
-        let mut dk = vec![T::zero(); k.len()];
-        let mut dv = vec![T::zero(); v.len()];
-        for (r, row) in self.batch.rows.iter().enumerate() {
-            let (start, t) = (self.starts[r], row.len());
-            for hq in 0..heads {
+        let blocks = self.attention_blocks(heads);
+        let computed: Vec<[Vec<T>; 3]> = blocks
+            .par_iter()
+            .map(|&(r, hq)| {
+                let (start, t) = (self.starts[r], self.batch.rows[r].len());
                 let hk = hq / group;
                 let p = &probs[r][hq];
                 let qh = head_block(q, start, t, heads, d, hq);
@@ -449,7 +461,6 @@ impl<'a, T: Float> Pass<'a, T> {
                 let doh = head_block(d_out, start, t, heads, d, hq);
                 // dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale.
                 let dvh = matmul_tn(p, &doh, (t, d, t));
-                scatter_block(&mut dv, &dvh, start, t, kv_heads, d, hk, true);
                 let mut ds = vec![T::zero(); t * t];
                 matmul_nt(&mut ds, false, &doh, &vh, (t, t, d));
                 for i in 0..t {
@@ -462,10 +473,21 @@ impl<'a, T: Float> Pass<'a, T> {
                 }
                 let mut dqh = vec![T::zero(); t * d];
                 matmul_nn(&mut dqh, false, &ds, &kh, (t, d, t));
-                scatter_block(&mut dq, &dqh, start, t, heads, d, hq, false);
                 let dkh = matmul_tn(&ds, &qh, (t, d, t));
-                scatter_block(&mut dk, &dkh, start, t, kv_heads, d, hk, true);
-            }
+                [dqh, dkh, dvh]
+            })
+            .collect();
+        // Grouped query heads add into one key/value head: in the serial order, so the sums
+        // do not depend on the thread count.
+        let mut dq = vec![T::zero(); q.len()];
+        let mut dk = vec![T::zero(); k.len()];
+        let mut dv = vec![T::zero(); v.len()];
+        for (&(r, hq), [dqh, dkh, dvh]) in blocks.iter().zip(computed) {
+            let (start, t) = (self.starts[r], self.batch.rows[r].len());
+            let hk = hq / group;
+            scatter_block(&mut dv, &dvh, start, t, kv_heads, d, hk, true);
+            scatter_block(&mut dq, &dqh, start, t, heads, d, hq, false);
+            scatter_block(&mut dk, &dkh, start, t, kv_heads, d, hk, true);
         }
         Ok((dq, dk, dv))
     }

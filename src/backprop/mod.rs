@@ -35,7 +35,7 @@ use candle_core::{DType, Result, Storage, StorageRef, Tensor, TensorId, WithDTyp
 use rayon::prelude::*;
 
 use crate::kernels::fused::{self, Float};
-use crate::kernels::gemm::{matmul_nn, matmul_nt, matmul_tn};
+use crate::kernels::gemm::{matmul_nn, matmul_nt, matmul_tn, Dims3};
 use crate::kernels::linear::{column_sums_of, dense_forward, sampled_products};
 use crate::model::layers::{LayerNorm, Linear};
 use crate::model::Increment;
@@ -127,9 +127,10 @@ fn add_into<T: WithDType>(dst: &mut [T], src: &[T]) {
 
 /// What a linear layer's tensors hold, as slices, with its effective weight.
 struct LinearSlices<'a, T: Clone> {
-    /// W + scatter(Δ) (SIFT, random) or W + (α/r)·B·A (LoRA), formed once per pass: an out × in copy
-    /// costs nothing next to the GEMMs, and the forward pass and dx are then plain GEMMs.
-    /// Borrowed W when there is no increment.
+    /// W + scatter(Δ) (SIFT, random), formed once per pass: an out × in copy costs little next
+    /// to the GEMMs, and the forward pass and dx are then plain GEMMs. Borrowed W otherwise: LoRA
+    /// stays factored (x·Wᵀ + s·(x·Aᵀ)·Bᵀ), as forming W + s·B·A is a dense out × in pass
+    /// per use with a rank-r GEMM that is all memory traffic.
     weight: Cow<'a, [T]>,
     bias: &'a [T],
     in_dim: usize,
@@ -145,6 +146,14 @@ struct LinearSlices<'a, T: Clone> {
 struct Params<'a, T> {
     held: &'a Held<'a>,
     grads: Gradients<T>,
+}
+
+/// LoRA's s·(x·Aᵀ) (rows × r), x (rows × in), A (r × in).
+fn lora_hidden<T: Float>(x: &[T], a: &[T], scale: T, (rows, rank, in_dim): Dims3) -> Vec<T> {
+    let mut hidden = vec![T::zero(); rows * rank];
+    matmul_nt(&mut hidden, false, x, a, (rows, rank, in_dim));
+    hidden.iter_mut().for_each(|v| *v *= scale);
+    hidden
 }
 
 impl<'a, T: Float> Params<'a, T> {
@@ -186,15 +195,7 @@ impl<'a, T: Float> Params<'a, T> {
             }
             Some(Increment::LowRank { a, b, scale }) => {
                 let rank = a.dim(0)?;
-                let (a, b, scale) = (self.get(a)?, self.get(b)?, T::f(*scale));
-                let mut ba = vec![T::zero(); out_dim * in_dim];
-                matmul_nn(&mut ba, false, b, a, (out_dim, in_dim, rank));
-                weight
-                    .to_mut()
-                    .iter_mut()
-                    .zip(&ba)
-                    .for_each(|(w, &d)| *w += scale * d);
-                lora = Some((a, b, rank, scale));
+                lora = Some((self.get(a)?, self.get(b)?, rank, T::f(*scale)));
             }
         }
         Ok(LinearSlices {
@@ -207,10 +208,16 @@ impl<'a, T: Float> Params<'a, T> {
         })
     }
 
-    /// y = x·W_effᵀ + b.
+    /// y = x·W_effᵀ + b (LoRA: + s·(x·Aᵀ)·Bᵀ).
     fn linear_forward(&self, l: &'a Linear, x: &[T]) -> Result<Vec<T>> {
         let s = self.linear(l)?;
-        Ok(dense_forward(x, &s.weight, s.bias))
+        let mut y = dense_forward(x, &s.weight, s.bias);
+        if let Some((a, b, rank, scale)) = s.lora {
+            let rows = x.len() / s.in_dim;
+            let hidden = lora_hidden(x, a, scale, (rows, rank, s.in_dim));
+            matmul_nt(&mut y, true, &hidden, b, (rows, s.out_dim, rank));
+        }
+        Ok(y)
     }
 
     /// From the output gradient `dy`: the gradients of the layer's trained tensors, and dx
@@ -225,8 +232,18 @@ impl<'a, T: Float> Params<'a, T> {
         let s = self.linear(l)?;
         let rows = x.len() / s.in_dim;
         let (in_dim, out_dim) = (s.in_dim, s.out_dim);
+        // LoRA's δ·B (rows × r), scaled: dx's low-rank share and dA's left factor.
+        let dy_b = s.lora.map(|(_, b, rank, scale)| {
+            let mut g = vec![T::zero(); rows * rank];
+            matmul_nn(&mut g, false, dy, b, (rows, rank, out_dim));
+            g.iter_mut().for_each(|v| *v *= scale);
+            g
+        });
         if let Some((dx, accumulate)) = dx {
             matmul_nn(dx, accumulate, dy, &s.weight, (rows, in_dim, out_dim));
+            if let (Some((a, _, rank, _)), Some(g)) = (s.lora, &dy_b) {
+                matmul_nn(dx, true, g, a, (rows, in_dim, rank));
+            }
         }
         if l.weight.track_op() {
             let dw = matmul_tn(dy, x, (out_dim, in_dim, rows));
@@ -242,20 +259,15 @@ impl<'a, T: Float> Params<'a, T> {
             }
         }
         // LoRA, W_eff = W + s·B·A: dB = s·δᵀ·(x·Aᵀ), dA = s·(δ·B)ᵀ·x.
-        if let (Some(Increment::LowRank { a: ta, b: tb, .. }), Some((a, b, rank, scale))) =
+        if let (Some(Increment::LowRank { a: ta, b: tb, .. }), Some((a, _, rank, scale))) =
             (&l.increment, s.lora)
         {
             if tb.track_op() {
-                let mut hidden = vec![T::zero(); rows * rank];
-                matmul_nt(&mut hidden, false, x, a, (rows, rank, in_dim));
-                hidden.iter_mut().for_each(|v| *v *= scale);
+                let hidden = lora_hidden(x, a, scale, (rows, rank, in_dim));
                 self.record(tb, matmul_tn(dy, &hidden, (out_dim, rank, rows)));
             }
-            if ta.track_op() {
-                let mut g = vec![T::zero(); rows * rank];
-                matmul_nn(&mut g, false, dy, b, (rows, rank, out_dim));
-                g.iter_mut().for_each(|v| *v *= scale);
-                self.record(ta, matmul_tn(&g, x, (rank, in_dim, rows)));
+            if let (true, Some(g)) = (ta.track_op(), &dy_b) {
+                self.record(ta, matmul_tn(g, x, (rank, in_dim, rows)));
             }
         }
         Ok(())
