@@ -414,7 +414,8 @@ impl<'a, T: Float> Pass<'a, T> {
                 }
                 let mut oh = vec![T::zero(); t * d];
                 matmul_nn(&mut oh, false, &p, &vh, (t, d, t));
-                (oh, p)
+                // Held for the backward pass only when asked: B·H·T² floats a layer.
+                (oh, if keep { p } else { Vec::new() })
             })
             .collect();
         let mut out = vec![T::zero(); self.tokens * heads * d];
